@@ -1,0 +1,1 @@
+"""Data layer: synthetic generator, converters, shards, and the Ray Data stream."""

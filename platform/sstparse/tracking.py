@@ -1,0 +1,176 @@
+"""MLflow tracking: the only module that calls MLflow.
+
+Runs are addressed by id through ``MlflowClient`` rather than the global "active run", because a Ray Train
+worker that restarts after a failure must append to the run it started before (the id lives in the checkpoint),
+and a sweep's driver logs child runs for many trials at once. Logging happens from one process per run (rank 0 or
+the driver): sqlite allows one writer, and duplicated metrics from several ranks would be noise anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform as _platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from pydantic import Field
+
+from sstparse.config import StrictModel
+
+SECRET_HINTS = ("secret", "password", "token", "access_key", "credential")
+
+
+class TrackingConfig(StrictModel):
+    """Where runs, artifacts and registered models go."""
+
+    tracking_uri: str = Field("sqlite:///mlruns.db",
+                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on clusters.")
+    experiment: str = Field("sstparse", description="Experiment name; created on first use.")
+    artifact_location: str | None = Field(
+        "mlruns-artifacts", description="Artifact root for a new experiment (local path or s3://); None lets the "
+                                        "server decide. Relative paths are resolved against the working directory.")
+    register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target>.")
+    enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")
+
+
+def client(cfg: TrackingConfig) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+
+
+def experiment_id(cfg: TrackingConfig) -> str:
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = cfg.artifact_location
+    if location and "://" not in location:
+        location = Path(location).resolve().as_uri()
+    try:
+        return c.create_experiment(cfg.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return c.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def environment_tags() -> dict[str, str]:
+    import ray
+    import torch
+
+    tags = {"python": _platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "mlflow": mlflow.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def start_run(cfg: TrackingConfig, run_name: str, parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+    """Create a run (a nested child when ``parent_run_id`` is given) and return its id."""
+    all_tags = {**environment_tags(), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client(cfg).create_run(experiment_id(cfg), run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_secret(key: str) -> bool:
+    return any(h in key.lower() for h in SECRET_HINTS)
+
+
+def log_params(cfg: TrackingConfig, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log a (nested) config as flat params. Keys that look like credentials are never logged."""
+    flat = {k: ("***" if _is_secret(k) else str(v)[:6000]) for k, v in flatten(params).items()}
+    c = client(cfg)
+    existing = c.get_run(run_id).data.params
+    new = {k: v for k, v in flat.items() if k not in existing}  # a resumed run must not re-log (MLflow refuses)
+    items = list(new.items())
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
+
+
+def log_metrics(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    finite = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and math.isfinite(v)]
+    if finite:
+        client(cfg).log_batch(run_id, metrics=finite)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def log_artifacts(cfg: TrackingConfig, run_id: str, paths: Iterable[str | os.PathLike], artifact_path: str | None = None
+                  ) -> None:
+    c = client(cfg)
+    for p in paths:
+        c.log_artifact(run_id, str(p), artifact_path)
+
+
+def end_run(cfg: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status)
+
+
+def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list:
+    return client(cfg).search_runs([experiment_id(cfg)], filter_string=filter_string)
+
+
+def log_pytorch_model(cfg: TrackingConfig, run_id: str, model, example_input, register_as: str | None = None,
+                      alias: str | None = None) -> str | None:
+    """Log a torch model with an explicit signature (variable batch and size) and optionally register it.
+
+    Returns the registered version, if registered. The signature is given by hand because MLflow cannot infer a
+    variable-size image input, and pip requirements are pinned because it cannot infer a +cpu torch build.
+    """
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+                         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]))
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="model", signature=sig, input_example=example_input.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            registered_model_name=register_as)
+    if register_as is None:
+        return None
+    version = str(info.registered_model_version)
+    if alias:
+        client(cfg).set_registered_model_alias(register_as, alias, version)
+    return version
+
+
+def set_alias(cfg: TrackingConfig, name: str, alias: str, version: str) -> None:
+    client(cfg).set_registered_model_alias(name, alias, version)
+
+
+def get_alias(cfg: TrackingConfig, name: str, alias: str):
+    """The model version holding ``alias``, or None."""
+    try:
+        return client(cfg).get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
