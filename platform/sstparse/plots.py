@@ -1,0 +1,88 @@
+"""Pictures logged as artifacts: confusion matrices, learned vs true association heatmaps, prediction overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sstparse.domains import LabelDomain  # noqa: E402
+
+
+def _heatmap(ax, m: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str) -> None:
+    ax.imshow(np.nan_to_num(m, nan=0.0), vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(rows)), rows, fontsize=6)
+    ax.set_title(title, fontsize=8)
+
+
+def confusion_figure(matrix: np.ndarray, domain: LabelDomain, path: str | Path) -> Path:
+    """Row-normalised confusion matrix (rows: ground truth)."""
+    m = np.asarray(matrix, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = m / m.sum(1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    _heatmap(ax, norm, domain.classes, domain.classes, f"{domain.name}: confusion (row-normalised)")
+    ax.set_xlabel("predicted", fontsize=7)
+    ax.set_ylabel("ground truth", fontsize=7)
+    return _save(fig, path)
+
+
+def association_figure(learned: np.ndarray, true: np.ndarray | None, a: LabelDomain, b: LabelDomain,
+                       path: str | Path) -> Path:
+    """Learned M(a->b) beside the generator's exact P(b | a) when known."""
+    n = 1 if true is None else 2
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5.5), squeeze=False)
+    _heatmap(axes[0, 0], learned, a.classes, b.classes, f"learned M({a.name} -> {b.name})")
+    if true is not None:
+        _heatmap(axes[0, 1], true, a.classes, b.classes, f"true P({b.name} | {a.name})")
+    return _save(fig, path)
+
+
+def overlay(image: np.ndarray, label: np.ndarray, domain: LabelDomain, alpha: float = 0.55) -> np.ndarray:
+    """Colour-coded label map blended over an RGB image (ignore pixels left as they are)."""
+    colours = domain.palette[label].astype(np.float32)
+    out = image.astype(np.float32)
+    keep = (label != domain.ignore_index) & (label != 0)
+    out[keep] = (1 - alpha) * out[keep] + alpha * colours[keep]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def overlay_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], domain: LabelDomain,
+                 path: str | Path, height: int = 160) -> Path:
+    """One line per sample: image | ground truth | prediction overlay."""
+    tiles = []
+    for image, gt, pred in rows:
+        line = [image, domain.palette[gt], overlay(image, pred, domain)]
+        ims = [Image.fromarray(t).resize((round(t.shape[1] * height / t.shape[0]), height), Image.NEAREST)
+               for t in line]
+        canvas = Image.new("RGB", (sum(i.width + 4 for i in ims), height + 4), (255, 255, 255))
+        x = 0
+        for im in ims:
+            canvas.paste(im, (x, 2))
+            x += im.width + 4
+        tiles.append(canvas)
+    grid = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), (255, 255, 255))
+    y = 0
+    for t in tiles:
+        grid.paste(t, (0, y))
+        y += t.height
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

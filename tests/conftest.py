@@ -1,0 +1,43 @@
+"""Shared pytest fixtures (keep generic; area-specific fixtures live next to their tests)."""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import pytest
+
+
+class S3Server(NamedTuple):
+    url: str                 # http://127.0.0.1:<port>
+    bucket: str              # an existing, empty-at-start bucket
+    storage_options: dict    # for fsspec/s3fs (and sstparse's storage_options arguments)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 (a real HTTP endpoint, so s3fs/pyarrow code paths are the production ones)
+    with one bucket. Tests share it: write under a prefix of your own (e.g. the test name)."""
+    from moto.server import ThreadedMotoServer
+    import boto3
+
+    env = pytest.MonkeyPatch()
+    # Fake credentials and no instance-metadata lookup (it would hang on a machine outside EC2); keep any HTTP
+    # proxy away from the local endpoint.
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost",
+                       "no_proxy": "127.0.0.1,localhost"}.items():
+        env.setenv(key, value)
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        env.delenv(key, raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    bucket = "sstparse-test"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=bucket)
+    try:
+        # STACK.md: s3fs gets the endpoint through client_kwargs, and no region_name there.
+        yield S3Server(url, bucket, {"client_kwargs": {"endpoint_url": url}})
+    finally:
+        server.stop()
+        env.undo()

@@ -1,0 +1,42 @@
+"""MLflow tracking against a real sqlite store and registry in a temp folder."""
+
+from __future__ import annotations
+
+import torch
+
+from sstparse import tracking
+from sstparse.tracking import TrackingConfig
+
+
+def _cfg(tmp_path):
+    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", artifact_location=str(tmp_path / "art"),
+                          experiment="t")
+
+
+def test_run_params_metrics_and_no_secrets(tmp_path):
+    cfg = _cfg(tmp_path)
+    run = tracking.start_run(cfg, "trial_0001", tags={"mode": "universal"})
+    params = {"optim": {"lr": 0.01}, "storage": {"aws_secret_access_key": "FAKESECRET123"}}
+    tracking.log_params(cfg, run, params)
+    tracking.log_params(cfg, run, params)  # a resumed worker re-logging the same params is harmless
+    tracking.log_metrics(cfg, run, {"val/syn_lip/miou": 0.5, "nan": float("nan")}, step=1)
+    tracking.end_run(cfg, run)
+    got = tracking.client(cfg).get_run(run)
+    assert got.info.run_name == "trial_0001" and got.data.tags["mode"] == "universal"
+    assert got.data.params["optim.lr"] == "0.01"
+    assert got.data.params["storage.aws_secret_access_key"] == "***"
+    assert "FAKESECRET123" not in str(got.data.params)
+    assert got.data.metrics == {"val/syn_lip/miou": 0.5}
+
+
+def test_child_runs_and_registry_alias(tmp_path):
+    cfg = _cfg(tmp_path)
+    parent = tracking.start_run(cfg, "sweep")
+    child = tracking.start_run(cfg, "trial_a", parent_run_id=parent)
+    assert [r.info.run_id for r in tracking.find_runs(cfg, f"tags.mlflow.parentRunId = '{parent}'")] == [child]
+    model = torch.nn.Conv2d(3, 2, 1)
+    version = tracking.log_pytorch_model(cfg, child, model, torch.zeros(2, 3, 8, 8), register_as="sst-test",
+                                         alias="challenger")
+    assert version == "1"
+    assert str(tracking.get_alias(cfg, "sst-test", "challenger").version) == "1"
+    assert tracking.get_alias(cfg, "sst-test", "champion") is None
