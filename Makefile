@@ -1,5 +1,7 @@
 # Two commands work on a fresh machine: `make demo` and `make test`.
 # The venv is created once; a stamp file makes a second run skip the install.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -15,12 +17,15 @@ export AWS_EC2_METADATA_DISABLED ?= true
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pip's "Location ... is ignored" warnings come from this machine's pip.conf, not from us: filtered out.
+QUIET   := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first: the pinned CPU wheel, so the loose torch>=2.4 below installs nothing more (STACK.md)
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH) $(QUIET)
+	# requirements.lock pins every other package (tested versions, and no resolver backtracking on install)
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]' $(QUIET)
 	touch $(STAMP)
 
 demo: $(STAMP)

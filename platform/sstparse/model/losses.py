@@ -1,0 +1,163 @@
+"""Losses of universal and dedicated SST training, and how they add up.
+
+    loss = CE + lambda_mse * L_mse + lambda_mst * L_mst + lambda_kd * L_kd
+
+* CE: every pixel is scored by *its own domain's* head. It is the mean over all labelled pixels of the batch, i.e.
+  ``sum_d (n_d / N) * CE_d`` -- DESIGN.md's ``sum_d CE_d`` weighted by each domain's share of the batch, so the
+  ``domain_mix`` (a tunable) really sets how much each domain counts and the loss scale does not jump with the
+  number of domains a batch happens to hold. Per-domain means are returned for logging.
+* L_mse = KL(relation target || learned relation attention) + pixel-to-prototype CE (see sst.py).
+* L_mst = transfer NLL (below): P_b @ M(b->a) must explain domain a's labels, for every b != a.
+* L_kd (dedicated mode, target t): on pixels of every other domain a, head t at temperature T is distilled towards
+  ``mean_{b != t} P_b @ M(b->t)`` where P_b is head b's softened prediction -- or, for b = a, the ground truth
+  one-hot, which is how a's *labels* reach t through M(a->t). The teacher is detached: distillation trains head t,
+  not the associations or the other heads. Scaled by T^2 as in Hinton et al. so gradients do not shrink with T.
+
+Heads whose domain is absent from a batch enter CE with weight zero (``0 * logits.sum()``) so that every
+parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (DESIGN.md section 6).
+Labels use -100 for "no supervision" here; the callers map 255 / out-of-range values to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class SSTLossWeights:
+    """Loss weights (what Tune searches, with the domain mix and the learning rate).
+
+    lambda_mse: weight of MSE (relation KL + pixel-to-prototype CE).
+    lambda_mst: weight of MST (cross-domain transfer NLL).
+    lambda_kd: weight of dedicated-mode distillation into the target head (0 in universal mode).
+    temperature: T of the distillation softmax (> 0).
+    """
+
+    lambda_mse: float = 0.1
+    lambda_mst: float = 0.1
+    lambda_kd: float = 0.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_mse", "lambda_mst", "lambda_kd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def local_labels(labels: Tensor, domain_idx: Tensor, num_classes: Tensor) -> Tensor:
+    """Long labels with every value outside the sample's own domain (255 included) set to IGNORE."""
+    labels = labels.long()
+    valid = labels < num_classes[domain_idx].view(-1, *([1] * (labels.dim() - 1)))
+    return torch.where(valid, labels, torch.full_like(labels, IGNORE))
+
+
+def domain_cross_entropy(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pixel-mean CE of each sample under its own domain's head, at the labels' resolution.
+
+    ``logits`` (name -> (B, C_d, h, w), in domain-index order) may be on a coarser grid; only the rows of a
+    head's own samples are upsampled, so memory stays at one head's worth of full-resolution logits.
+    """
+    total = labels.new_zeros((), dtype=torch.float32)
+    count = labels.new_zeros((), dtype=torch.float32)
+    per_domain: dict[str, Tensor] = {}
+    for k, (name, z) in enumerate(logits.items()):
+        idx = torch.nonzero(domain_idx == k).flatten()
+        if idx.numel() == 0:
+            total = total + 0.0 * z.sum()  # keeps the head in the graph (DDP); contributes nothing
+            continue
+        up = F.interpolate(z[idx], size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        y = labels[idx]
+        loss_sum = F.cross_entropy(up.float(), y, ignore_index=IGNORE, reduction="sum")
+        n = (y != IGNORE).sum().float()
+        total, count = total + loss_sum, count + n
+        per_domain[name] = (loss_sum / n.clamp_min(1)).detach()
+    return total / count.clamp_min(1), per_domain
+
+
+def transfer_loss(probs: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor,
+                  assoc: Mapping[tuple[str, str], Tensor], to_heads: bool = False) -> Tensor:
+    """MST transfer NLL: on an image of domain a, ``P_b @ M(b->a)`` must explain a's labels, for every b != a.
+
+    ``probs``: name -> (B, C_b, h, w) softmax of each head; ``labels``: (B, h, w) local labels on that grid;
+    ``assoc[(b, a)]``: (C_b, C_a) row-stochastic. The mean over (pair, pixel) of -log q_a(y).
+    Gradients reach M(b->a) (and through it the class embeddings). With ``to_heads`` they also reach head b, which
+    then learns from a's labels -- but head b and M(b->a) can then co-adapt into a permuted, self-consistent
+    solution on a's images (seen on syn_lip/syn_ppp: face -> "upper-arms"), so by default P_b is detached and
+    M(b->a) is an honest estimate of P(class of a | head b's prediction).
+    """
+    names = list(probs)
+    losses = []
+    for ka, a in enumerate(names):
+        idx = torch.nonzero(domain_idx == ka).flatten()
+        if idx.numel() == 0:
+            continue
+        y = labels[idx].flatten()
+        valid = y != IGNORE
+        if not bool(valid.any()):
+            continue
+        for b in names:
+            if b == a:
+                continue
+            p = probs[b][idx].permute(0, 2, 3, 1).reshape(-1, probs[b].shape[1])[valid]
+            p = p if to_heads else p.detach()
+            q = p @ assoc[(b, a)]  # (pixels, C_a): a distribution over a's classes
+            losses.append(-torch.log(q.gather(1, y[valid, None]).clamp_min(1e-6)).mean())
+    if not losses:
+        return next(iter(probs.values())).sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def kl_rows(target: Tensor, log_pred: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean over rows of KL(target_row || pred_row); zero target entries contribute nothing."""
+    kl = (torch.xlogy(target, target) - target * log_pred).sum(-1)
+    return (kl * weight).sum() / weight.sum().clamp_min(1)
+
+
+def distillation_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor,
+                      assoc: Mapping[tuple[str, str], Tensor], target: str, temperature: float) -> Tensor:
+    """Dedicated-mode KD into head ``target`` on the labelled pixels of every other domain's images."""
+    names = list(logits)
+    kt = names.index(target)
+    zt = logits[target]
+    idx = torch.nonzero(domain_idx != kt).flatten()
+    if idx.numel() == 0 or len(names) < 2:
+        return zt.sum() * 0.0
+    y = labels[idx]
+    valid = y != IGNORE
+    with torch.no_grad():
+        teacher = zt.new_zeros((idx.numel(), zt.shape[1], *zt.shape[-2:]), dtype=torch.float32)
+        for kb, b in enumerate(names):
+            if b == target:
+                continue
+            p = F.softmax(logits[b][idx].float() / temperature, dim=1)
+            # The image's own domain: its ground truth is better than its head; use it where labelled.
+            own = (domain_idx[idx] == kb).view(-1, 1, 1) & valid
+            onehot = F.one_hot(torch.where(own, y, 0), p.shape[1]).permute(0, 3, 1, 2).float()
+            p = torch.where(own[:, None], onehot, p)
+            teacher += torch.einsum("bjhw,jk->bkhw", p, assoc[(b, target)].float())
+        teacher /= len(names) - 1
+    log_student = F.log_softmax(zt[idx].float() / temperature, dim=1)
+    t = teacher.permute(0, 2, 3, 1)[valid]
+    s = log_student.permute(0, 2, 3, 1)[valid]
+    if t.shape[0] == 0:
+        return zt.sum() * 0.0
+    return kl_rows(t, s, torch.ones(t.shape[0], device=t.device)) * temperature ** 2
+
+
+def total_loss(parts: Mapping[str, Tensor], weights: SSTLossWeights) -> Tensor:
+    """CE + weighted SST terms. Zero-weighted terms are still added (times 0) so the graph never shrinks."""
+    loss = parts["ce"]
+    for key, lam in (("mse", weights.lambda_mse), ("mst", weights.lambda_mst), ("kd", weights.lambda_kd)):
+        if key in parts:
+            loss = loss + lam * parts[key]
+    return loss

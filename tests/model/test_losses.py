@@ -1,0 +1,111 @@
+"""Losses: definitions checked against hand computations; finite in edge cases; weights validated."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sstparse.model import losses as L
+from sstparse.model.parser import ParserConfig
+from sstparse.model.sst import SSTConfig, build_sst_model
+
+DOMS = {"a": 6, "b": 3}
+
+
+def test_local_labels_ignores_other_domains_values():
+    y = torch.tensor([[[0, 5, 255]], [[0, 5, 2]]], dtype=torch.uint8)
+    out = L.local_labels(y, torch.tensor([0, 1]), torch.tensor([6, 3]))
+    assert out.tolist() == [[[0, 5, L.IGNORE]], [[0, L.IGNORE, 2]]]
+
+
+def test_cross_entropy_is_the_pixel_mean_under_each_samples_own_head():
+    logits = {"a": torch.randn(3, 6, 4, 5), "b": torch.randn(3, 3, 4, 5)}
+    d = torch.tensor([0, 1, 0])
+    y = L.local_labels(torch.randint(0, 6, (3, 8, 10)), d, torch.tensor([6, 3]))
+    y[0, 0] = L.IGNORE
+    total, per = L.domain_cross_entropy(logits, y, d)
+    up = {k: F.interpolate(v, size=(8, 10), mode="bilinear", align_corners=False) for k, v in logits.items()}
+    flat = torch.cat([F.cross_entropy(up["a" if k != 1 else "b"][k:k + 1], y[k:k + 1], ignore_index=L.IGNORE,
+                                      reduction="none").flatten()[y[k].flatten() != L.IGNORE] for k in range(3)])
+    assert torch.allclose(total, flat.mean(), atol=1e-5)
+    assert set(per) == {"a", "b"}
+    assert torch.allclose(per["b"], F.cross_entropy(up["b"][1:2], y[1:2], ignore_index=L.IGNORE), atol=1e-5)
+
+
+def test_transfer_loss_is_zero_for_exact_association_and_log_c_for_uniform():
+    # Domain b = coarsening of a by merge; head b predicts b's class of a's labels perfectly.
+    merge = torch.tensor([0, 1, 1, 2, 2, 2])
+    ya = torch.tensor([[[0, 1, 3, 3]]])  # labels the exact M(b->a) below can express
+    pb = F.one_hot(merge[ya], 3).permute(0, 3, 1, 2).float()
+    probs = {"a": torch.full((1, 6, 1, 4), 1 / 6), "b": pb}
+    exact = {("b", "a"): torch.tensor([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0]]).float(),
+             ("a", "b"): F.one_hot(merge, 3).float()}
+    assert L.transfer_loss(probs, ya, torch.tensor([0]), exact).item() < 1e-5
+    uniform = {k: torch.full_like(v, 1 / v.shape[1]) for k, v in exact.items()}
+    assert math.isclose(L.transfer_loss(probs, ya, torch.tensor([0]), uniform).item(), math.log(6), rel_tol=1e-5)
+
+
+def test_distillation_matches_hand_computation_and_trains_only_the_target_head():
+    torch.manual_seed(1)
+    za = torch.randn(1, 6, 2, 2, requires_grad=True)
+    zt = torch.randn(1, 3, 2, 2, requires_grad=True)
+    y = torch.tensor([[[0, 4], [5, L.IGNORE]]])
+    m = torch.softmax(torch.randn(6, 3), 1)
+    kd = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([0]), {("a", "t"): m}, "t", temperature=2.0)
+    # Teacher on a's labelled pixels: a's ground truth mapped through M(a->t).
+    valid = y.flatten() != L.IGNORE
+    teacher = m[y.flatten()[valid]]
+    log_s = F.log_softmax(zt / 2.0, 1).permute(0, 2, 3, 1).reshape(-1, 3)[valid]
+    expected = (teacher * (teacher.log() - log_s)).sum(1).mean() * 4.0
+    assert torch.allclose(kd, expected, atol=1e-5)
+    kd.backward()
+    assert za.grad is None and zt.grad is not None  # the teacher is detached
+    # No sample from another domain: nothing to distil.
+    zero = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([1]), {("a", "t"): m}, "t", 2.0)
+    assert zero.item() == 0.0
+
+
+@pytest.mark.parametrize("case", ["mixed", "one_domain", "all_ignored", "one_image", "dedicated"])
+def test_losses_are_finite(case):
+    target = "a" if case == "dedicated" else None
+    weights = L.SSTLossWeights(lambda_kd=1.0 if target else 0.0)
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(), weights, target_domain=target).train()
+    n = 1 if case == "one_image" else 4
+    x = torch.randn(n, 3, 41, 29)
+    y = torch.randint(0, 3, (n, 41, 29), dtype=torch.uint8)
+    d = torch.zeros(n, dtype=torch.long) if case == "one_domain" else torch.arange(n) % 2
+    if case == "all_ignored":
+        y[:] = 255
+    for _ in range(2):  # the second step runs with filled memories
+        out = model(x, y, d)
+        out["loss"].backward()
+        scalars = {k: v for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+        assert {"loss", "ce", "mse", "mse/relation", "mse/prototype", "mst"} <= set(scalars)
+        assert ("kd" in scalars) == (target is not None)
+        assert all(torch.isfinite(v) for v in scalars.values()), scalars
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert out["logits"]["a"].shape == (n, 6, 11, 8)
+
+
+def test_total_loss_weights():
+    parts = {"ce": torch.tensor(1.0), "mse": torch.tensor(2.0), "mst": torch.tensor(3.0), "kd": torch.tensor(4.0)}
+    w = L.SSTLossWeights(lambda_mse=0.5, lambda_mst=0.25, lambda_kd=0.1, temperature=3.0)
+    assert math.isclose(L.total_loss(parts, w).item(), 1 + 1 + 0.75 + 0.4, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="lambda_mst"):
+        L.SSTLossWeights(lambda_mst=-1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        L.SSTLossWeights(temperature=0.0)
+
+
+@pytest.mark.parametrize("to_heads", [False, True])
+def test_transfer_reaches_the_heads_only_when_asked(to_heads):
+    zb = torch.randn(1, 3, 2, 2, requires_grad=True)
+    m = torch.softmax(torch.randn(3, 6), 1).requires_grad_(True)
+    probs = {"a": torch.full((1, 6, 2, 2), 1 / 6), "b": torch.softmax(zb, 1)}
+    loss = L.transfer_loss(probs, torch.tensor([[[0, 1], [2, 3]]]), torch.tensor([0]), {("b", "a"): m}, to_heads)
+    loss.backward()
+    assert m.grad is not None and m.grad.abs().sum() > 0  # the association is always fitted
+    assert (zb.grad is not None) == to_heads
