@@ -41,3 +41,24 @@ def s3_server() -> Iterator[S3Server]:
     finally:
         server.stop()
         env.undo()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (STACK.md: never one per test). Tests using it are
+    marked ``@pytest.mark.ray``."""
+    import os
+
+    import ray
+
+    # Set before init so the raylet and every worker inherit them: local runs need no auth token (keep auth on
+    # for clusters); progress bars would flood CI logs; a fast Train health check saves seconds per fit.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -136,7 +136,7 @@ def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list:
 
 
 def log_pytorch_model(cfg: TrackingConfig, run_id: str, model, example_input, register_as: str | None = None,
-                      alias: str | None = None) -> str | None:
+                      alias: str | None = None, metadata: dict | None = None) -> str | None:
     """Log a torch model with an explicit signature (variable batch and size) and optionally register it.
 
     Returns the registered version, if registered. The signature is given by hand because MLflow cannot infer a
@@ -155,7 +155,7 @@ def log_pytorch_model(cfg: TrackingConfig, run_id: str, model, example_input, re
         info = mlflow.pytorch.log_model(
             model, name="model", signature=sig, input_example=example_input.numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            registered_model_name=register_as)
+            registered_model_name=register_as, metadata=metadata)
     if register_as is None:
         return None
     version = str(info.registered_model_version)

@@ -1,0 +1,1 @@
+"""Ray Train: the per-worker loop (loop.py), the driver (trainer.py) and the job entry (job.py)."""

@@ -1,0 +1,155 @@
+"""The training job's config: one YAML file (jobs/configs/*.yaml) -> :class:`JobConfig`.
+
+Sections: ``data`` (the Ray Data stream), ``model`` (the inference network), ``sst`` (training-only modules and
+loss weights), ``optim``, ``train`` (mode, scaling, checkpoints, fault tolerance) and ``tracking`` (MLflow).
+Class counts and head order are never written here: they come from the domain cards and ``data.domain_mix``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sstparse.config import DataConfig, StrictModel
+from sstparse.model.losses import SSTLossWeights
+from sstparse.model.parser import ParserConfig
+from sstparse.model.sst import SSTConfig
+from sstparse.tracking import TrackingConfig
+
+
+class ModelConfig(StrictModel):
+    """The inference network (what is exported)."""
+
+    backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = Field(
+        "tiny", description="ResNet family member; `tiny` is CPU-sized for tests and the demo.")
+    output_stride: Literal[8, 16, 32] = Field(16, description="Stride of the backbone's last feature map.")
+    decoder_channels: int | None = Field(None, gt=0, description="ASPP width (None: backbone default).")
+    low_level_channels: int | None = Field(None, gt=0, description="Projected stride-4 width (None: default).")
+    feature_dim: int | None = Field(None, gt=0, description="Width of the shared pixel features F.")
+    backbone_weights: str | None = Field(
+        None, description="Optional torchvision-named ResNet weights: a local path or s3:// URL (never a hub).")
+
+    def parser_config(self) -> ParserConfig:
+        return ParserConfig(backbone=self.backbone, output_stride=self.output_stride,
+                            decoder_channels=self.decoder_channels, low_level_channels=self.low_level_channels,
+                            feature_dim=self.feature_dim, backbone_weights=self.backbone_weights)
+
+
+class SSTSettings(StrictModel):
+    """Training-only SST modules (removed at export) and the loss weights Tune searches."""
+
+    enabled: bool = Field(True, description="False trains the plain multi-head baseline (CE only).")
+    embed_dim: int = Field(128, gt=0, description="MSA class/pixel embedding width.")
+    scales: tuple[Literal["pixels", "context", "c2", "c3", "c4", "c5"], ...] = Field(
+        ("pixels", "c3", "context"), min_length=1, description="Feature maps MSA aggregates.")
+    ema_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the class memories.")
+    proto_temperature: float = Field(0.1, gt=0, description="Pixel-to-prototype logit temperature.")
+    assoc_temperature: float = Field(0.1, gt=0, description="Initial association similarity temperature.")
+    adjacency_radius: int = Field(1, ge=1, description="Classes this close (stride-4 px) count as touching.")
+    lambda_mse: float = Field(0.1, ge=0, description="Weight of the intra-domain enhancement loss.")
+    lambda_mst: float = Field(0.1, ge=0, description="Weight of the cross-domain transfer loss.")
+    lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation into the target (dedicated mode).")
+    temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
+
+    def sst_config(self) -> SSTConfig | None:
+        if not self.enabled:
+            return None
+        return SSTConfig(embed_dim=self.embed_dim, scales=tuple(self.scales), ema_momentum=self.ema_momentum,
+                         proto_temperature=self.proto_temperature, assoc_temperature=self.assoc_temperature,
+                         adjacency_radius=self.adjacency_radius)
+
+    def loss_weights(self) -> SSTLossWeights:
+        return SSTLossWeights(lambda_mse=self.lambda_mse, lambda_mst=self.lambda_mst, lambda_kd=self.lambda_kd,
+                              temperature=self.temperature)
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and poly learning-rate schedule."""
+
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="SGD (momentum, nesterov) or AdamW.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (after warm-up).")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled (AdamW) or L2 (SGD) weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    poly_power: float = Field(0.9, ge=0, description="lr = peak * (1 - step/total)^power after warm-up.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    grad_clip: float | None = Field(5.0, gt=0, description="Max global grad norm (None: no clipping).")
+
+
+class FaultInjection(StrictModel):
+    """Crash one worker on purpose (tests of FailureConfig); only on the first attempt, never after a restore."""
+
+    epoch: int = Field(ge=1, description="Epoch in which to crash (>= 1, so a checkpoint exists to resume from).")
+    rank: int = Field(0, ge=0, description="Which worker crashes.")
+    after_steps: int = Field(1, ge=0, description="Optimiser steps into that epoch before crashing.")
+
+
+class TrainConfig(StrictModel):
+    """How and where training runs."""
+
+    mode: Literal["single", "universal", "dedicated"] = Field(
+        "universal", description="single: one domain (baseline); universal: all heads; dedicated: `target` only "
+                                 "at export, distilling from the other domains.")
+    target: str | None = Field(None, description="The domain of single/dedicated mode.")
+    epochs: int = Field(10, ge=1, description="Passes over the mixed training stream.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL; else gloo on CPU.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (0.5 on a 2-core laptop).")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="Autocast dtype (GPU; bf16 works on CPU).")
+    compile: bool = Field(False, description="torch.compile the model (GPU clusters).")
+    storage_path: str = Field("ray_results", description="Checkpoint storage: local folder or s3://bucket/prefix.")
+    name: str | None = Field(None, description="Run name; reusing it with the same storage_path resumes.")
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by the objective).")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: inf).")
+    val_flip: bool = Field(False, description="Flip TTA (with the domain's left/right swap) in validation.")
+    val_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="Multi-scale TTA factors.")
+    log_every: int = Field(20, ge=1, description="Training-loss log interval in steps.")
+    seed: int = Field(0, description="Seeds model init and the data stream.")
+    fault_injection: FaultInjection | None = Field(None, description="Crash a worker on purpose (tests).")
+
+
+class JobConfig(StrictModel):
+    """One training job."""
+
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    sst: SSTSettings = SSTSettings()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _mode_matches_domains(self) -> "JobConfig":
+        mode, target, names = self.train.mode, self.train.target, self.domain_names
+        if mode in ("single", "dedicated") and target is None:
+            raise ValueError(f"train.target: required in {mode} mode")
+        if target is not None and target not in self.data.domain_mix:
+            raise ValueError(f"train.target: {target!r} is not in data.domain_mix {list(self.data.domain_mix)}")
+        if mode == "dedicated" and len(names) < 2:
+            raise ValueError("train.mode: dedicated needs at least two domains in data.domain_mix")
+        if mode == "dedicated" and not self.sst.enabled:
+            raise ValueError("sst.enabled: dedicated mode distils through SST associations; enable it")
+        return self
+
+    @property
+    def domain_names(self) -> list[str]:
+        """Heads in order (= the stream's `domain` index): the target alone in single mode, else every domain of
+        data.domain_mix -- a weight-0 domain keeps its head and validation and learns only through transfer."""
+        return [self.train.target] if self.train.mode == "single" else self.data.domains
+
+    def training_data(self):
+        """The data config the stream is built from: single mode sees its target domain only."""
+        if self.train.mode != "single":
+            return self.data
+        return self.data.model_copy(update={"domain_mix": {self.train.target: 1.0}})
+
+    @property
+    def objective(self) -> str:
+        """The metric checkpoints and sweeps rank by."""
+        return "val/mean_miou" if self.train.mode == "universal" else f"val/{self.train.target}/miou"
+
+    @property
+    def registered_name(self) -> str:
+        if self.tracking.register_as:
+            return self.tracking.register_as
+        return "sst-universal" if self.train.mode == "universal" else f"sst-{self.train.target}"

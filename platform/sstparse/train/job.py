@@ -1,0 +1,59 @@
+"""Entry for `jobs/train.py` and `sstparse train`: load the YAML, apply overrides, connect to Ray, fit, print.
+
+Under `ray job submit` the driver already runs inside the cluster (RAY_ADDRESS is set) and ``ray.init()``
+connects to it; run directly, it starts a local Ray instance sized to this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+from sstparse.config import load_yaml
+from sstparse.train.config import JobConfig
+from sstparse.train.trainer import FitResult, fit
+
+# Small enough to finish in about a minute on a laptop CPU; the point is to exercise every stage.
+SMOKE_OVERRIDES = [
+    "train.epochs=1", "train.num_workers=1", "train.cpus_per_worker=0.5", "data.epoch_size=16",
+    "data.batch_size=4", "data.crop_size=96", "model.backbone=tiny",
+]
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None, smoke_test: bool = False) -> JobConfig:
+    return load_yaml(JobConfig, path, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []))
+
+
+def connect() -> None:
+    """Join the cluster `ray job submit` runs us in, or start a local instance (dashboard only on 127.0.0.1)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def run(path: str | Path, overrides: list[str] | None = None, smoke_test: bool = False,
+        out_dir: str | None = None) -> FitResult:
+    job = load_job(path, overrides, smoke_test)
+    connect()
+    result = fit(job, out_dir=out_dir)
+    print(format_result(result))
+    return result
+
+
+def format_result(result: FitResult) -> str:
+    m = result.metrics
+    lines = [f"{'domain':<20} {'mIoU':>7} {'pixel acc':>10} {'mean acc':>9}"]
+    for name in result.job.domain_names:
+        lines.append(f"{name:<20} {100 * m[f'val/{name}/miou']:6.1f}% {100 * m[f'val/{name}/pixel_acc']:9.1f}% "
+                     f"{100 * m[f'val/{name}/mean_acc']:8.1f}%")
+    lines.append(f"{'mean':<20} {100 * m['val/mean_miou']:6.1f}%   (TTA {m.get('val/tta', '?')}, "
+                 f"epoch {m.get('epoch')})")
+    if result.registered_version:
+        lines.append(f"registered {result.job.registered_name} version {result.registered_version} "
+                     f"(MLflow run {result.run_id})")
+    return "\n".join(lines)

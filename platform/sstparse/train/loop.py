@@ -1,0 +1,191 @@
+"""The per-worker training loop: ``train_loop_per_worker(config)``, run by every Ray Train worker (DDP rank).
+
+Read top to bottom: build the SST model -> DDP -> optimiser and poly schedule -> restore the latest checkpoint ->
+for each epoch: train on this worker's shard of the mixed stream, validate every domain on this worker's shard of
+its validation set (confusion matrices all-reduced, so every rank sees dataset-wide scores), then report metrics
+with a checkpoint. Rank 0 writes the checkpoint and logs to MLflow (the run was opened by the driver; its id
+comes in the config and is kept in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from sstparse import tracking
+from sstparse.data import pipeline
+from sstparse.domains import LabelDomain, load_domains
+from sstparse.evaluate import TTA, DomainEvaluator
+from sstparse.model.sst import SSTModel, build_sst_model
+from sstparse.train.config import JobConfig, OptimConfig
+
+STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    job = JobConfig.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    domains = [load_domains()[n] for n in job.domain_names]
+    torch.manual_seed(job.train.seed)  # identical init on every rank (DDP broadcasts rank 0's anyway)
+
+    model = build_model(job, domains)
+    model = ray.train.torch.prepare_model(model)  # to device; DDP (gloo on CPU, NCCL on GPU) when world > 1
+    if job.train.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(job.optim, model)
+    total_steps = config["steps_per_epoch"] * job.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(job.optim, total_steps))
+    start_epoch, restored = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+
+    run_id = config.get("mlflow_run_id") if job.tracking.enabled and rank == 0 else None
+    if run_id and not restored:
+        tracking.log_params(job.tracking, run_id, {**job.model_dump(mode="json"), "domains": job.domain_names,
+                                                   "world_size": ctx.get_world_size()})
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, job.train.epochs):
+        t0 = time.perf_counter()
+        train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored)
+        val_metrics, matrices = validate(model, domains, job)
+        metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
+        if run_id:
+            tracking.log_metrics(job.tracking, run_id, metrics, step=epoch + 1)
+        report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank)
+
+
+def build_model(job: JobConfig, domains: list[LabelDomain]) -> SSTModel:
+    target = job.train.target if job.train.mode == "dedicated" else None
+    return build_sst_model(job.model.parser_config(), domains, job.sst.sst_config(), job.sst.loss_weights(),
+                           target_domain=target)
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases: decaying them only hurts (standard for ResNets and DeepLab).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def poly_lambda(cfg: OptimConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return max(1e-3, (1.0 - progress) ** cfg.poly_power)
+    return factor
+
+
+def _unwrap(model: nn.Module) -> SSTModel:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)      # DDP
+
+
+def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: int, restored: bool
+                    ) -> dict[str, float]:
+    model.train()
+    device = ray.train.torch.get_device()
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=job.train.amp == "fp16")
+    sums: dict[str, float] = {}
+    steps, images, t0 = 0, 0, time.perf_counter()
+    fault = job.train.fault_injection
+    # drop_last: Ray Train splits the stream into equal shards, so every rank runs the same number of steps
+    # (a rank with an extra partial batch would wait forever in DDP's all-reduce).
+    for batch in pipeline.iter_train_batches(shard, job.training_data(), device=device, drop_last=True):
+        if fault and not restored and epoch == fault.epoch and steps == fault.after_steps and \
+                ray.train.get_context().get_world_rank() == fault.rank:
+            print(f"[fault injection] rank {fault.rank} exits in epoch {epoch} after {steps} steps", flush=True)
+            os._exit(1)  # a hard crash, as a lost node or an OOM kill would look to Ray
+        autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+        with autocast:
+            out = model(batch["image"], batch["label"], batch["domain"])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(out["loss"]).backward()
+        if job.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for k in ("loss", "ce", "mse", "mst", "kd"):
+            if k in out:
+                sums[k] = sums.get(k, 0.0) + float(out[k].detach())
+        steps, images = steps + 1, images + len(batch["domain"])
+        if steps % job.train.log_every == 0 and ray.train.get_context().get_world_rank() == 0:
+            print(f"epoch {epoch + 1} step {steps}: loss {sums['loss'] / steps:.3f}", flush=True)
+    dt = time.perf_counter() - t0
+    return {**{f"train/{k}": v / max(steps, 1) for k, v in sums.items()}, "train/steps": steps,
+            "train/img_per_s": images / dt if dt else 0.0, "lr": scheduler.get_last_lr()[0]}
+
+
+@torch.no_grad()
+def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    parser = _unwrap(model).parser
+    parser.eval()
+    device = ray.train.torch.get_device()
+    tta = TTA(flip=job.train.val_flip, scales=tuple(job.train.val_scales))
+    metrics: dict[str, Any] = {"val/tta": tta.tag()}
+    matrices = {}
+    for d in domains:
+        ev = DomainEvaluator(d, tta)
+        for batch in ray.train.get_dataset_shard(f"val_{d.name}").iter_torch_batches(batch_size=1, device=device):
+            ev.update(lambda x, name=d.name: parser(x, name), batch["image"], batch["label"])
+        scores = ev.compute()  # all-reduced: dataset-wide on every rank
+        matrices[d.name] = ev.matrix.numpy().copy()
+        metrics.update({f"val/{d.name}/{k}": v for k, v in scores.items() if k != "tta"})
+    metrics["val/mean_miou"] = float(np.mean([metrics[f"val/{d.name}/miou"] for d in domains]))
+    parser.train()
+    return metrics, matrices
+
+
+def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, matrices, run_id, rank) -> None:
+    """Every rank reports the same metrics; only rank 0 attaches the checkpoint (DDP replicas are identical)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(Path(tmp), _unwrap(model), optimizer, scheduler, job, epoch, matrices, run_id, metrics)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        # Per-class IoUs go to MLflow and the checkpoint; Ray (and Tune's result tables) get the summary.
+        ray.train.report({k: v for k, v in metrics.items() if "/iou/" not in k}, checkpoint=checkpoint)
+
+
+def save_checkpoint(path: Path, model: SSTModel, optimizer, scheduler, job: JobConfig, epoch: int,
+                    matrices: dict[str, np.ndarray], run_id: str | None, metrics: dict) -> None:
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch}, path / STATE_FILE)
+    assoc = {}
+    if model.sst is not None and len(model.domain_names) > 1:
+        assoc = {f"assoc/{a}/{b}": model.association(a, b).numpy()
+                 for a in model.domain_names for b in model.domain_names if a != b}
+    np.savez(path / EVAL_FILE, **{f"confusion/{k}": v for k, v in matrices.items()}, **assoc)
+    meta = {"epoch": epoch + 1, "mlflow_run_id": run_id, "domains": model.domain_names,
+            "job": job.model_dump(mode="json"), "metrics": {k: v for k, v in metrics.items()
+                                                           if isinstance(v, (int, float, str))}}
+    (path / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def restore(checkpoint, model, optimizer, scheduler) -> tuple[int, bool]:
+    """Resume from Ray Train's latest checkpoint (set after a worker failure or when a run is resumed)."""
+    if checkpoint is None:
+        return 0, False
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    print(f"[restore] resuming after epoch {state['epoch'] + 1}", flush=True)
+    return state["epoch"] + 1, True

@@ -1,0 +1,174 @@
+"""The driver: builds the TorchTrainer (scaling, storage, checkpoints, fault tolerance), runs it, and turns the
+best checkpoint into MLflow artifacts and a registered model.
+
+The MLflow run is opened here, before any worker starts, and its id is stored beside the checkpoints
+(``<storage>/<name>/mlflow_run_id``): a worker group restarted by FailureConfig, or the same job submitted again
+with the same name, appends to that run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from sstparse import plots, tracking
+from sstparse.data import pipeline
+from sstparse.data.shards import filesystem
+from sstparse.domains import load_domains
+from sstparse.export import StackedHeads
+from sstparse.model.sst import inference_model
+from sstparse.train.config import JobConfig
+from sstparse.train.loop import EVAL_FILE, META_FILE, STATE_FILE, build_model, train_loop_per_worker
+
+
+@dataclass
+class FitResult:
+    job: JobConfig
+    metrics: dict[str, Any]        # the best checkpoint's metrics (by job.objective)
+    last: dict[str, Any]           # the last epoch's reported metrics (per-class IoUs left out)
+    checkpoint_path: str           # where the best checkpoint lives (local path or bucket path)
+    run_id: str | None             # MLflow run
+    registered_version: str | None
+
+
+def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
+    """(pyarrow filesystem, path) for Ray Train; remote roots go through fsspec (s3fs) so one set of credentials and
+    endpoint settings (the environment) serves shards, checkpoints and artifacts alike."""
+    path = job.train.storage_path
+    if "://" not in path:
+        return None, str(Path(path).resolve())
+    fs, bare = filesystem(path)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), bare
+
+
+def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
+    """Reuse the MLflow run recorded for (storage_path, name), or open one and record it."""
+    if not job.tracking.enabled:
+        return None
+    fs, base = filesystem(job.train.storage_path)
+    marker = posixpath.join(base, name, "mlflow_run_id")
+    if fs.exists(marker):
+        with fs.open(marker, "r") as f:
+            return f.read().strip()
+    run_id = tracking.start_run(job.tracking, name, parent_run_id=parent_run_id,
+                                tags={"mode": job.train.mode, "target": job.train.target or ""})
+    fs.makedirs(posixpath.dirname(marker), exist_ok=True)
+    with fs.open(marker, "w") as f:
+        f.write(run_id)
+    return run_id
+
+
+def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list | None = None) -> TorchTrainer:
+    domains = [load_domains()[n] for n in job.domain_names]
+    data = job.training_data()
+    datasets = {"train": pipeline.build_train_dataset(data, domains),
+                **{f"val_{n}": ds for n, ds in pipeline.build_val_datasets(data, domains).items()}}
+    world = job.train.num_workers
+    steps = max(1, pipeline.epoch_size(data, domains) // (world * data.batch_size))
+    fs, path = storage(job)
+    resources = {"CPU": job.train.cpus_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "mlflow_run_id": run_id, "steps_per_epoch": steps},
+        scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=job.train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep,
+                                                         checkpoint_score_attribute=job.objective,
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures)),
+        datasets=datasets,
+    )
+
+
+def run_name(job: JobConfig) -> str:
+    if job.train.name:
+        return job.train.name
+    return f"{job.train.mode}-{job.train.target}" if job.train.target else job.train.mode
+
+
+def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = None, callbacks: list | None = None,
+        register: bool = True, alias: str | None = None, out_dir: str | None = None) -> FitResult:
+    """Train, then log the best checkpoint's pictures and model to MLflow (and register it)."""
+    name = name or run_name(job)
+    run_id = _run_id(job, name, parent_run_id)
+    try:
+        result = build_trainer(job, name, run_id, callbacks).fit()
+        if result.error is not None:  # failures beyond max_failures: do not register a half-trained model
+            raise result.error
+    except Exception:
+        if run_id:
+            tracking.end_run(job.tracking, run_id, "FAILED")
+        raise
+    best = _best_checkpoint(result, job.objective)
+    with best.as_directory() as d:
+        version = finalize(job, Path(d), run_id, register, alias, out_dir)
+        meta = json.loads((Path(d) / META_FILE).read_text())
+    return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version)
+
+
+def _best_checkpoint(result, objective: str):
+    scored = [(m.get(objective, -math.inf), c) for c, m in (result.best_checkpoints or [])]
+    if not scored:
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
+        return result.checkpoint
+    return max(scored, key=lambda t: t[0])[1]
+
+
+def load_checkpoint_model(path: Path):
+    """Rebuild the training model from a checkpoint folder (config and weights both come from it)."""
+    meta = json.loads((path / META_FILE).read_text())
+    job = JobConfig.model_validate(meta["job"])
+    model = build_model(job, [load_domains()[n] for n in meta["domains"]])
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return job, model.eval(), meta
+
+
+def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, alias: str | None,
+             out_dir: str | None) -> str | None:
+    """Pictures of the best checkpoint (confusion matrices, learned vs true associations), then the model."""
+    _, model, meta = load_checkpoint_model(ckpt)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-artifacts-"))
+    pictures = artifact_pictures(job, model, np.load(ckpt / EVAL_FILE), out)
+    if not run_id:
+        return None
+    tracking.log_artifacts(job.tracking, run_id, pictures, "plots")
+    tracking.log_artifacts(job.tracking, run_id, [ckpt / META_FILE], "checkpoint")
+    exported = StackedHeads(inference_model(model))
+    version = tracking.log_pytorch_model(job.tracking, run_id, exported, torch.zeros(2, 3, 64, 64),
+                                         register_as=job.registered_name if register else None, alias=alias,
+                                         metadata={"heads": exported.head_slices()})
+    tracking.end_run(job.tracking, run_id)
+    return version
+
+
+def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
+    from sstparse.data.synth import true_association
+    from sstparse.data.shards import read_manifest
+
+    domains = load_domains()
+    paths = [plots.confusion_figure(evals[f"confusion/{n}"], domains[n], out / f"confusion_{n}.png")
+             for n in model.domain_names]
+    for key in (k for k in evals.files if k.startswith("assoc/")):
+        _, a, b = key.split("/")
+        true = None
+        if domains[a].is_synthetic and domains[b].is_synthetic:
+            hist = read_manifest(job.data.root, a)["atom_histogram"]["train"]
+            true = true_association(domains[a], domains[b], np.asarray(hist))
+        paths.append(plots.association_figure(evals[key], true, domains[a], domains[b],
+                                              out / f"association_{a}_to_{b}.png"))
+    return paths

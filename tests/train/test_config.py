@@ -1,0 +1,62 @@
+"""Job configs: modes and targets are checked against the domain mix, errors name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from sstparse.config import ConfigError, load_yaml, validate
+from sstparse.train.config import JobConfig
+
+BASE = {"data": {"root": "x", "domain_mix": {"syn_lip": 1.0, "syn_ppp": 0.5}}}
+
+
+def _job(**train):
+    return validate(JobConfig, {**BASE, "train": train}, "job.yaml")
+
+
+def test_universal_defaults_and_derived_names():
+    job = _job()
+    assert job.domain_names == ["syn_lip", "syn_ppp"] and job.objective == "val/mean_miou"
+    assert job.registered_name == "sst-universal"
+
+
+def test_single_mode_trains_its_target_only():
+    job = _job(mode="single", target="syn_ppp")
+    assert job.domain_names == ["syn_ppp"] and job.training_data().domain_mix == {"syn_ppp": 1.0}
+    assert job.objective == "val/syn_ppp/miou" and job.registered_name == "sst-syn_ppp"
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"mode": "dedicated"}, "train.target: required in dedicated mode"),
+    ({"mode": "single", "target": "syn_atr"}, "'syn_atr' is not in data.domain_mix"),
+    ({"mode": "universal", "epochs": 0}, "train.epochs"),
+    ({"amp": "fp8"}, "train.amp"),
+    ({"fault_injection": {"epoch": 0}}, "train.fault_injection.epoch"),
+    ({"batchsize": 3}, "train.batchsize: unknown key"),
+])
+def test_bad_jobs_name_the_field(train, message):
+    with pytest.raises(ConfigError, match="job.yaml") as err:
+        _job(**train)
+    assert message in str(err.value)
+
+
+def test_dedicated_needs_sst():
+    with pytest.raises(ConfigError, match="sst.enabled"):
+        validate(JobConfig, {**BASE, "sst": {"enabled": False}, "train": {"mode": "dedicated", "target": "syn_ppp"}},
+                 "job.yaml")
+
+
+def test_unknown_domain_in_mix(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data: {root: x, domain_mix: {syn_lip: 1.0, coco: 1.0}}\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: data.domain_mix: .*unknown domain 'coco'"):
+        load_yaml(JobConfig, path)
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data: {root: x, domain_mix: {syn_lip: 1.0}}\n")
+    job = load_yaml(JobConfig, path, ["train.epochs=3", "sst.lambda_mst=0.25", "train.val_scales=[0.75, 1.0]"])
+    assert job.train.epochs == 3 and job.sst.lambda_mst == 0.25 and job.train.val_scales == (0.75, 1.0)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_yaml(JobConfig, path, ["train.epochs=many"])

@@ -1,0 +1,76 @@
+"""A tiny CPU end-to-end run on Ray Train: 2 DDP workers, checkpoints, MLflow, registry, resume, fault tolerance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from sstparse import tracking
+from sstparse.train.trainer import fit
+from tests.train.conftest import tiny_job
+
+pytestmark = pytest.mark.ray
+
+
+def _runs(job, name):
+    return tracking.find_runs(job.tracking, f"attributes.run_name = '{name}'")
+
+
+def _history(job, run_id, key):
+    return [(m.step, m.value) for m in tracking.client(job.tracking).get_metric_history(run_id, key)]
+
+
+def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path):
+    job = tiny_job(tiny_shards, tmp_path, tracking={"register_as": "sst-test-universal"})
+    first = fit(job, out_dir=str(tmp_path / "pictures"))
+    assert first.last["epoch"] == 2 and first.metrics["epoch"] in (1, 2)  # metrics: the best checkpoint's
+    assert 0.0 <= first.metrics["val/mean_miou"] <= 1.0
+    for d in job.domain_names:
+        assert f"val/{d}/iou/background" in first.metrics
+    assert first.registered_version == "1"
+    pictures = {p.name for p in (tmp_path / "pictures").iterdir()}
+    assert "confusion_syn_ppp.png" in pictures and "association_syn_lip_to_syn_ppp.png" in pictures
+    run = tracking.client(job.tracking).get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.mode"] == "universal"
+    assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [1, 2]
+
+    # The same name and storage resume from the last checkpoint, in the same MLflow run.
+    more = job.model_copy(update={"train": job.train.model_copy(update={"epochs": 3})})
+    second = fit(more)
+    assert second.last["epoch"] == 3 and second.run_id == first.run_id
+    assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [1, 2, 3]
+    assert len(_runs(job, "tiny")) == 1
+
+    # The registered model loads in this process and parses a batch with every head stacked.
+    model = mlflow.pytorch.load_model("models:/sst-test-universal/1")
+    out = model(torch.zeros(1, 3, 40, 52))
+    assert out.shape == (1, 20 + 20 + 18 + 7, 40, 52)
+
+
+def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shards, tmp_path):
+    job = tiny_job(tiny_shards, tmp_path, train={"name": "crashy", "max_failures": 1,
+                                                 "fault_injection": {"epoch": 1, "rank": 1, "after_steps": 1}},
+                   tracking={"register_as": "sst-test-crash"})
+    result = fit(job)
+    assert result.last["epoch"] == 2
+    runs = _runs(job, "crashy")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [s for s, _ in _history(job, result.run_id, "val/mean_miou")] == [1, 2]
+    meta = json.loads((Path(result.checkpoint_path) / "meta.json").read_text())
+    assert meta["mlflow_run_id"] == result.run_id
+
+
+def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, tmp_path):
+    job = tiny_job(tiny_shards, tmp_path, train={"mode": "dedicated", "target": "syn_ppp", "epochs": 1,
+                                                 "num_workers": 1, "name": "ded"},
+                   sst={"lambda_kd": 0.5})
+    result = fit(job)
+    assert "val/syn_ppp/miou" in result.metrics and result.registered_version == "1"
+    model = mlflow.pytorch.load_model("models:/sst-syn_ppp/1")  # pt2 (torch.export): no pickle involved
+    assert model(torch.zeros(2, 3, 40, 52)).shape == (2, 7, 40, 52)  # syn_ppp's 7 classes, no other head
+    info = mlflow.models.get_model_info("models:/sst-syn_ppp/1")
+    assert info.metadata["heads"] == {"syn_ppp": [0, 7]}
