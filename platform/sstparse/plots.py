@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from sstparse.domains import LabelDomain  # noqa: E402
 
@@ -57,25 +56,13 @@ def overlay(image: np.ndarray, label: np.ndarray, domain: LabelDomain, alpha: fl
 def overlay_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], domain: LabelDomain,
                  path: str | Path, height: int = 160) -> Path:
     """One line per sample: image | ground truth | prediction overlay."""
-    tiles = []
-    for image, gt, pred in rows:
-        line = [image, domain.palette[gt], overlay(image, pred, domain)]
-        ims = [Image.fromarray(t).resize((round(t.shape[1] * height / t.shape[0]), height), Image.NEAREST)
-               for t in line]
-        canvas = Image.new("RGB", (sum(i.width + 4 for i in ims), height + 4), (255, 255, 255))
-        x = 0
-        for im in ims:
-            canvas.paste(im, (x, 2))
-            x += im.width + 4
-        tiles.append(canvas)
-    grid = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), (255, 255, 255))
-    y = 0
-    for t in tiles:
-        grid.paste(t, (0, y))
-        y += t.height
+    from sstparse.data.preview import column, row, tile
+
+    lines = [row([tile(t, height) for t in (image, domain.palette[gt], overlay(image, pred, domain))])
+             for image, gt, pred in rows]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    column(lines).save(path)
     return path
 
 

@@ -60,3 +60,19 @@ def test_overrides_are_typed(tmp_path):
     assert job.train.epochs == 3 and job.sst.lambda_mst == 0.25 and job.train.val_scales == (0.75, 1.0)
     with pytest.raises(ConfigError, match="train.epochs"):
         load_yaml(JobConfig, path, ["train.epochs=many"])
+
+
+def test_relative_paths_are_resolved_for_workers(tmp_path, monkeypatch):
+    from sstparse.train.trainer import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    job = validate(JobConfig, {"data": {"root": "data/synth", "domain_mix": {"syn_lip": 1.0}},
+                               "tracking": {"tracking_uri": "sqlite:///mlruns.db"}}, "job.yaml")
+    fixed = absolute_paths(job)
+    assert fixed.data.root == str(tmp_path / "data/synth")
+    assert fixed.train.storage_path == str(tmp_path / "ray_results")
+    assert fixed.tracking.tracking_uri == f"sqlite:///{tmp_path}/mlruns.db"
+    assert fixed.tracking.artifact_location == str(tmp_path / "mlruns-artifacts")
+    s3 = validate(JobConfig, {"data": {"root": "s3://b/p", "domain_mix": {"syn_lip": 1.0}},
+                              "tracking": {"tracking_uri": "http://mlflow:5000"}}, "job.yaml")
+    assert absolute_paths(s3).data.root == "s3://b/p" and absolute_paths(s3).tracking.tracking_uri == "http://mlflow:5000"

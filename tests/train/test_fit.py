@@ -33,7 +33,7 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path)
         assert f"val/{d}/iou/background" in first.metrics
     assert first.registered_version == "1"
     pictures = {p.name for p in (tmp_path / "pictures").iterdir()}
-    assert "confusion_syn_ppp.png" in pictures and "association_syn_lip_to_syn_ppp.png" in pictures
+    assert {"confusion_syn_ppp.png", "association_syn_lip_to_syn_ppp.png", "predictions_syn_lip.png"} <= pictures
     run = tracking.client(job.tracking).get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.mode"] == "universal"
     assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [1, 2]

@@ -13,7 +13,8 @@ from sstparse.data.shards import filesystem, part_paths
 from sstparse.domains import LabelDomain
 
 
-def _first_rows(root: str, domain: str, split: str, n: int, storage_options: dict | None) -> list[dict]:
+def first_rows(root: str, domain: str, split: str, n: int, storage_options: dict | None = None) -> list[dict]:
+    """The first ``n`` rows (image and label bytes) of a split, reading as few parts as needed."""
     fs, _ = filesystem(root, storage_options)
     rows: list[dict] = []
     for path in part_paths(root, domain, split, storage_options):
@@ -24,9 +25,33 @@ def _first_rows(root: str, domain: str, split: str, n: int, storage_options: dic
     return rows
 
 
-def _tile(img: np.ndarray, height: int) -> Image.Image:
+def tile(img: np.ndarray, height: int) -> Image.Image:
+    """An array as a picture of the given height (nearest: label colours stay exact)."""
     im = Image.fromarray(img)
     return im.resize((max(1, round(im.width * height / im.height)), height), Image.NEAREST)
+
+
+def row(tiles: list[Image.Image], caption: str = "", gap: int = 4) -> Image.Image:
+    """Tiles side by side on white, after an optional caption column."""
+    left = 120 if caption else 0
+    height = max(t.height for t in tiles) + 2 * gap
+    out = Image.new("RGB", (left + sum(t.width + gap for t in tiles), height), (255, 255, 255))
+    if caption:
+        ImageDraw.Draw(out).text((6, height // 2 - 6), caption, fill=(0, 0, 0))
+    x = left
+    for t in tiles:
+        out.paste(t, (x, gap))
+        x += t.width + gap
+    return out
+
+
+def column(rows: list[Image.Image]) -> Image.Image:
+    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
+    y = 0
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height
+    return out
 
 
 def preview_grid(root: str, domains: Iterable[LabelDomain], n: int = 6, split: str = "val", height: int = 160,
@@ -35,20 +60,9 @@ def preview_grid(root: str, domains: Iterable[LabelDomain], n: int = 6, split: s
     rows = []
     for d in domains:
         tiles = []
-        for r in _first_rows(root, d.name, split, n, storage_options):
+        for r in first_rows(root, d.name, split, n, storage_options):
             img = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
             lbl = d.palette[np.asarray(Image.open(io.BytesIO(r["label"])))]
-            tiles += [_tile(img, height), _tile(lbl, height)]
-        row = Image.new("RGB", (120 + sum(t.width + 4 for t in tiles), height + 8), (255, 255, 255))
-        ImageDraw.Draw(row).text((6, height // 2 - 6), d.name, fill=(0, 0, 0))
-        x = 120
-        for t in tiles:
-            row.paste(t, (x, 4))
-            x += t.width + 4
-        rows.append(row)
-    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height
-    return grid
+            tiles += [tile(img, height), tile(lbl, height)]
+        rows.append(row(tiles, d.name))
+    return column(rows)

@@ -99,9 +99,28 @@ def run_name(job: JobConfig) -> str:
     return f"{job.train.mode}-{job.train.target}" if job.train.target else job.train.mode
 
 
+def _abs(path: str | None) -> str | None:
+    return path if path is None or "://" in path else str(Path(path).resolve())
+
+
+def absolute_paths(job: JobConfig) -> JobConfig:
+    """Relative local paths are relative to where the driver runs; Ray workers run elsewhere, so resolve them here
+    (shard roots, checkpoint storage, a sqlite tracking store, the artifact root)."""
+    uri = job.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    data = job.data.model_copy(update={"root": _abs(job.data.root),
+                                       "roots": {k: _abs(v) for k, v in job.data.roots.items()}})
+    return job.model_copy(update={
+        "data": data, "train": job.train.model_copy(update={"storage_path": _abs(job.train.storage_path)}),
+        "tracking": job.tracking.model_copy(update={"tracking_uri": uri,
+                                                    "artifact_location": _abs(job.tracking.artifact_location)})})
+
+
 def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = None, callbacks: list | None = None,
         register: bool = True, alias: str | None = None, out_dir: str | None = None) -> FitResult:
     """Train, then log the best checkpoint's pictures and model to MLflow (and register it)."""
+    job = absolute_paths(job)
     name = name or run_name(job)
     run_id = _run_id(job, name, parent_run_id)
     try:
@@ -167,8 +186,30 @@ def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
         _, a, b = key.split("/")
         true = None
         if domains[a].is_synthetic and domains[b].is_synthetic:
-            hist = read_manifest(job.data.root, a)["atom_histogram"]["train"]
+            hist = read_manifest(job.data.root_of(a), a, job.data.storage_options)["atom_histogram"]["train"]
             true = true_association(domains[a], domains[b], np.asarray(hist))
         paths.append(plots.association_figure(evals[key], true, domains[a], domains[b],
                                               out / f"association_{a}_to_{b}.png"))
+    for name in model.domain_names:
+        paths.append(prediction_overlays(job, model, domains[name], out / f"predictions_{name}.png"))
     return paths
+
+
+@torch.no_grad()
+def prediction_overlays(job: JobConfig, model, domain, path: Path, n: int = 4) -> Path:
+    """Image | ground truth | prediction for the first validation images of a domain."""
+    import io
+
+    from PIL import Image
+
+    from sstparse.data.augment import normalize
+    from sstparse.data.preview import first_rows
+
+    rows = []
+    for r in first_rows(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options):
+        image = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
+        label = np.asarray(Image.open(io.BytesIO(r["label"])))
+        x = torch.from_numpy(normalize(image))[None]
+        pred = model.parser(x, domain.name).argmax(1)[0].numpy().astype(np.uint8)
+        rows.append((image, label, pred))
+    return plots.overlay_grid(rows, domain, path)
