@@ -262,10 +262,15 @@ class BadRecordLog:
 
 def bad_records() -> list[dict]:
     """Every record skipped so far in this Ray job: stream, epoch, domain, sample_id, source, reason."""
-    try:
-        return ray.get(ray.get_actor(BAD_RECORD_LOG).records.remote())
-    except ValueError:  # no stream with on_bad_record: skip was built in this job
-        return []
+    names = [n for n in ray.util.list_named_actors() if n.startswith(BAD_RECORD_LOG + ":")] \
+        if ray.is_initialized() else []
+    out: list[dict] = []
+    for name in sorted(names):
+        try:
+            out += ray.get(ray.get_actor(name).records.remote())
+        except (ValueError, ray.exceptions.RayActorError):  # its stream is gone, and its log with it
+            continue
+    return out
 
 
 def _bad(err: BadRecord, batch: dict, i: int, info: aug.DomainInfo, on_bad: str) -> dict:
@@ -367,7 +372,10 @@ class DataStream:
         """(log actor, stream id) under ``on_bad_record: skip``; created with the first Dataset (needs Ray)."""
         if self.cfg.on_bad_record != "skip":
             return None
-        return BadRecordLog.options(name=BAD_RECORD_LOG, get_if_exists=True).remote(), self._stream_id
+        # One log actor per stream, named after it: a shared get_if_exists actor could be handed out while the
+        # last reference from an earlier stream is being dropped, and die under the new stream.
+        name = f"{BAD_RECORD_LOG}:{self._stream_id}"
+        return BadRecordLog.options(name=name).remote(), self._stream_id
 
     @property
     def block_rows(self) -> int:
