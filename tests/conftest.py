@@ -58,7 +58,24 @@ def ray_session():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, include_dashboard=False)
+        # The dashboard serves the state API, through which Ray Train's placement-group cleaner notices a
+        # controller killed with its Tune trial (ASHA stopping it); without it the trial's CPUs leak.
+        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
     yield
     if started:
         ray.shutdown()
+
+
+SYNTH = ["syn_lip", "syn_cihp", "syn_atr", "syn_ppp"]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> str:
+    """The four synthetic domains at 2% of their size (train and tune tests share it)."""
+    from sstparse.data.generate import generate
+    from sstparse.domains import load_domains
+
+    root = str(tmp_path_factory.mktemp("shards"))
+    domains = load_domains()
+    generate(root, [domains[n] for n in SYNTH], seed=0, scale=0.02, rows_per_part=16, progress=False)
+    return root

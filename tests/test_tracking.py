@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from sstparse import tracking
+from sstparse.model.sst import inference_model
 from sstparse.tracking import TrackingConfig
+from tests.serving import tiny_model
 
 
 def _cfg(tmp_path):
@@ -34,9 +34,8 @@ def test_child_runs_and_registry_alias(tmp_path):
     parent = tracking.start_run(cfg, "sweep")
     child = tracking.start_run(cfg, "trial_a", parent_run_id=parent)
     assert [r.info.run_id for r in tracking.find_runs(cfg, f"tags.mlflow.parentRunId = '{parent}'")] == [child]
-    model = torch.nn.Conv2d(3, 2, 1)
-    version = tracking.log_pytorch_model(cfg, child, model, torch.zeros(2, 3, 8, 8), register_as="sst-test",
-                                         alias="challenger")
+    version = tracking.log_pyfunc_model(cfg, child, inference_model(tiny_model()), register_as="sst-test",
+                                        alias="challenger")
     assert version == "1"
     assert str(tracking.get_alias(cfg, "sst-test", "challenger").version) == "1"
     assert tracking.get_alias(cfg, "sst-test", "champion") is None

@@ -94,6 +94,88 @@ def preview(root, out, names):
     _write_preview(root, _domains(names or tuple(list_domains(root))), out)
 
 
+_TRACKING_URI_HELP = ("Tracking/registry store for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI, else "
+                      "sqlite:///mlruns.db).")
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True,
+              help="MLflow model URI: models:/sst-universal@champion, models:/name/3, runs:/<id>/model, a folder.")
+@click.option("--domain", default=None, help="Which head (label set) to predict; required if the model has several.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--flip-tta", is_flag=True, help="Average with the mirrored image (left/right classes swapped).")
+@click.option("--keep-going", is_flag=True,
+              help="Skip undecodable images, list them at the end and exit 0 (default: stop at the first one).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+def predict(model_uri, domain, inputs, out, flip_tta, keep_going, batch_size, tracking_uri):
+    """Parse INPUTS (image files, folders, s3:// prefixes); write <name>.png (class indices), <name>_color.png and
+    <name>_overlay.jpg under --out."""
+    from sstparse.predict import predict as run_predict
+
+    try:
+        result = run_predict(model_uri, inputs, out, domain=domain, flip_tta=flip_tta, keep_going=keep_going,
+                             batch_size=batch_size, tracking_uri=tracking_uri)
+    except (BadRecord, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {len(result.written)} image(s) to {out}")
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} image(s):")
+        for source, reason in result.skipped:
+            click.echo(f"  {source}: {reason}")
+
+
+@main.command()
+@click.option("--model", "source", required=True,
+              help="A Ray Train checkpoint folder (meta.json + state.pt) or an MLflow model URI of the pyfunc.")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="File to write; <out>.json is the head layout sidecar.")
+@click.option("--heads", multiple=True, help="Keep only these heads (repeatable; default: all).")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+def export(source, fmt, out, heads, tracking_uri):
+    """Export the inference network (no SST module) with dynamic batch and size, checked against PyTorch."""
+    from sstparse.export import ExportError, export as run_export, sidecar_path
+
+    try:
+        sidecar = run_export(source, fmt, out, heads=heads or None, tracking_uri=tracking_uri)
+    except (ExportError, FileNotFoundError, KeyError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {out} ({fmt}, heads {list(sidecar['heads'])}, {sidecar['parameters']:,} parameters) and "
+               f"{sidecar_path(out)}")
+    for r in sidecar["parity"]:
+        click.echo(f"  parity at {r['shape']}: max |logit diff| {r['max_abs_diff']:.2e}, argmax agreement "
+                   f"{r['argmax_agreement']:.4%}")
+
+
+
+@main.command()
+@click.option("--model", "name", required=True, help="Registered model name, e.g. sst-universal.")
+@click.option("--data", "data_root", default="data/synth", show_default=True,
+              help="Shard root holding the validation split of every head (local or s3://).")
+@click.option("--margin", default=0.0, show_default=True, type=float,
+              help="mIoU (0-1) by which the challenger's mean must beat the champion's.")
+@click.option("--flip-tta", is_flag=True, help="Score both with flip TTA.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Validation images per domain (default: all).")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+def promote(name, data_root, margin, flip_tta, limit, tracking_uri):
+    """Move the `champion` alias to `challenger` if it scores better on the validation shards (an MLflow run
+    records the comparison)."""
+    import os
+
+    from sstparse.promote import promote as run_promote
+    from sstparse.tracking import TrackingConfig
+
+    cfg = TrackingConfig(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                         or TrackingConfig().tracking_uri)
+    try:
+        result = run_promote(cfg, name, data_root, margin=margin, flip_tta=flip_tta, limit=limit)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(result.summary())
+    click.echo(f"comparison recorded as MLflow run {result.run_id}")
+
 def run():
     """Entry point that turns expected user errors into one clear line instead of a traceback."""
     try:

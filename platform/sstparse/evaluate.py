@@ -8,7 +8,7 @@ Every score is reported with the TTA settings that produced it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -18,6 +18,16 @@ import torch.nn.functional as F
 from sstparse.domains import LabelDomain
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) normalised images -> (B,C,H,W) logits
+
+
+class FlipSwap(Protocol):
+    """What flip TTA needs of a domain: a LabelDomain, or the pyfunc's HeadSpec (which has no card to load)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def flip_lut(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ def scores(matrix: np.ndarray | torch.Tensor, class_names: Iterable[str] | None 
     return out
 
 
-def flip_channels(logits: torch.Tensor, domain: LabelDomain) -> torch.Tensor:
+def flip_channels(logits: torch.Tensor, domain: FlipSwap) -> torch.Tensor:
     """Mirror logits horizontally and swap the domain's left/right class channels, so a prediction on a flipped
     image lines up with the original image's classes."""
     perm = torch.as_tensor(domain.flip_lut[: domain.num_classes].astype(np.int64), device=logits.device)
@@ -83,7 +93,7 @@ def flip_channels(logits: torch.Tensor, domain: LabelDomain) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_probs(logits_fn: LogitsFn, images: torch.Tensor, domain: LabelDomain, tta: TTA = TTA()) -> torch.Tensor:
+def predict_probs(logits_fn: LogitsFn, images: torch.Tensor, domain: FlipSwap, tta: TTA = TTA()) -> torch.Tensor:
     """Class probabilities (B, C, H, W) averaged over the TTA views, at the input resolution."""
     h, w = images.shape[-2:]
     total = None

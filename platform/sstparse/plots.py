@@ -1,4 +1,5 @@
-"""Pictures logged as artifacts: confusion matrices, learned vs true association heatmaps, prediction overlays."""
+"""Pictures logged as artifacts: confusion matrices, learned vs true association heatmaps, prediction overlays,
+sweep summaries."""
 
 from __future__ import annotations
 
@@ -64,6 +65,33 @@ def overlay_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], doma
     path.parent.mkdir(parents=True, exist_ok=True)
     column(lines).save(path)
     return path
+
+
+def sweep_figures(rows: Sequence[dict], params: dict[str, bool], objective: str, out: str | Path) -> list[Path]:
+    """A sweep's pictures: the objective against each searched parameter (log x where searched in log space),
+    and the optimisation history (each trial's best in start order, with the running best)."""
+    out = Path(out)
+    done = [r for r in rows if r.get(objective) is not None and np.isfinite(r[objective])]
+    y = np.array([r[objective] for r in done])
+    paths = []
+    if params:
+        fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.0), squeeze=False)
+        for ax, (name, log) in zip(axes[0], params.items()):
+            ax.scatter([r[name] for r in done], y, s=18, c=[r["epochs"] for r in done], cmap="viridis")
+            ax.set_xscale("log" if log else "linear")
+            ax.set_xlabel(name, fontsize=8)
+            ax.set_ylabel(objective, fontsize=7)
+            ax.tick_params(labelsize=6)
+        fig.suptitle("objective per trial (colour: epochs run)", fontsize=8)
+        paths.append(_save(fig, out / "objective_vs_params.png"))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(1, len(y) + 1), y, "o", label="trial")
+    ax.plot(range(1, len(y) + 1), np.maximum.accumulate(y) if len(y) else y, "-", label="best so far")
+    ax.set_xlabel("trial (in start order)", fontsize=8)
+    ax.set_ylabel(objective, fontsize=8)
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "optimisation_history.png"))
+    return paths
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -135,33 +135,76 @@ def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list:
     return client(cfg).search_runs([experiment_id(cfg)], filter_string=filter_string)
 
 
-def log_pytorch_model(cfg: TrackingConfig, run_id: str, model, example_input, register_as: str | None = None,
-                      alias: str | None = None, metadata: dict | None = None) -> str | None:
-    """Log a torch model with an explicit signature (variable batch and size) and optionally register it.
-
-    Returns the registered version, if registered. The signature is given by hand because MLflow cannot infer a
-    variable-size image input, and pip requirements are pinned because it cannot infer a +cpu torch build.
-    """
-    import numpy as np
-    import torch
+def pyfunc_signature():
+    """The pyfunc's signature: no input schema (a list of images of different sizes, or paths, fits no MLflow
+    schema; the model checks its inputs itself and names the bad one), the params with their defaults, so that
+    ``predict(..., params={"domain": ...})`` is accepted and typed."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec
 
-    sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-                         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]))
+    return ModelSignature(params=ParamSchema([ParamSpec("domain", "string", None),
+                                              ParamSpec("flip_tta", "boolean", False),
+                                              ParamSpec("batch_size", "long", 8)]))
+
+
+def log_pyfunc_model(cfg: TrackingConfig, run_id: str, parser, register_as: str | None = None,
+                     alias: str | None = None, domains: Mapping | None = None) -> str | None:
+    """Log the inference network (a HumanParser, e.g. ``inference_model(model)``) as the sstparse pyfunc under the
+    artifact name ``model``, optionally register it (and set ``alias``); returns the registered version.
+
+    ``domains``: name -> LabelDomain giving each head's class names, colours and flip pairs (default: the domain
+    cards); they are copied into the model's layout JSON, so loading the model needs no card.
+    """
+    import tempfile
+    import warnings
+
+    import numpy as np
+    import PIL
+    import torch
+
+    from sstparse import export
+    from sstparse.domains import load_domains
+
+    domains = domains or load_domains()
+    info = {name: export.domain_info(domains[name]) for name in parser.domain_names}
+    code = Path(__file__).with_name("pyfunc.py")  # model from code: MLflow stores this file, nothing is pickled
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name="model", signature=sig, input_example=example_input.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            registered_model_name=register_as, metadata=metadata)
+    with tempfile.TemporaryDirectory(prefix="sstparse-pyfunc-") as tmp, mlflow.start_run(run_id=run_id):
+        artifacts = export.save_serving_artifacts(parser, info, tmp)
+        # Pinned by hand: MLflow cannot infer a +cpu torch build. The code imports sstparse, which the serving
+        # environment must have installed (pip install -e . from this repository).
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
+        with warnings.catch_warnings():  # an input example needs an input schema, which this model has not
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            logged = mlflow.pyfunc.log_model(
+                name="model", python_model=str(code), artifacts=artifacts, signature=pyfunc_signature(),
+                pip_requirements=reqs, registered_model_name=register_as,
+                metadata={"heads": export.StackedHeads(parser).head_slices()})
     if register_as is None:
         return None
-    version = str(info.registered_model_version)
+    version = str(logged.registered_model_version)
     if alias:
         client(cfg).set_registered_model_alias(register_as, alias, version)
     return version
+
+
+def load_pyfunc_model(uri: str, tracking_uri: str | None = None):
+    """Load any MLflow model URI (``models:/name@alias``, ``runs:/id/model``, a local folder) as a pyfunc.
+    ``tracking_uri`` (also the registry) defaults to $MLFLOW_TRACKING_URI, else the project's sqlite:///mlruns.db."""
+    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().tracking_uri
+    db = Path(store.removeprefix("sqlite:///")) if store.startswith("sqlite:///") else None
+    if uri.startswith(("models:/", "runs:/")) and db is not None and not db.is_file():
+        # Checked here: MLflow would retry opening a missing sqlite file for about two minutes before failing.
+        raise FileNotFoundError(f"{uri}: no MLflow store at {db} (tracking URI {store}); pass the store with "
+                                "--tracking-uri or MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise FileNotFoundError(f"{uri}: cannot load the model ({err})") from None
 
 
 def set_alias(cfg: TrackingConfig, name: str, alias: str, version: str) -> None:
@@ -174,3 +217,14 @@ def get_alias(cfg: TrackingConfig, name: str, alias: str):
         return client(cfg).get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:
+    c = client(cfg)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def run_status(cfg: TrackingConfig, run_id: str) -> str:
+    """RUNNING, FINISHED, FAILED or KILLED."""
+    return client(cfg).get_run(run_id).info.status

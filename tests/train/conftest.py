@@ -1,22 +1,10 @@
-"""Training-test fixtures: one tiny synthetic shard root and a job config small enough for 2 CPU cores."""
+"""Training-test helpers: a job config small enough for 2 CPU cores (the shard root is tests/conftest.py's
+``tiny_shards``)."""
 
 from __future__ import annotations
 
-import pytest
-
-from sstparse.data.generate import generate
-from sstparse.domains import load_domains
 from sstparse.train.config import JobConfig
-
-SYNTH = ["syn_lip", "syn_cihp", "syn_atr", "syn_ppp"]
-
-
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("shards"))
-    domains = load_domains()
-    generate(root, [domains[n] for n in SYNTH], seed=0, scale=0.02, rows_per_part=16, progress=False)
-    return root
+from tests.conftest import SYNTH
 
 
 def tiny_job(root: str, tmp, **sections) -> JobConfig:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
-import torch
 
 from sstparse import tracking
 from sstparse.train.trainer import fit
@@ -45,10 +45,12 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path)
     assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [1, 2, 3]
     assert len(_runs(job, "tiny")) == 1
 
-    # The registered model loads in this process and parses a batch with every head stacked.
-    model = mlflow.pytorch.load_model("models:/sst-test-universal/1")
-    out = model(torch.zeros(1, 3, 40, 52))
-    assert out.shape == (1, 20 + 20 + 18 + 7, 40, 52)
+    # The registered pyfunc loads in this process, keeps every head, and parses with any of them.
+    model = mlflow.pyfunc.load_model("models:/sst-test-universal/1")
+    heads = model.unwrap_python_model().heads
+    assert {n: h.num_classes for n, h in heads.items()} == {"syn_lip": 20, "syn_cihp": 20, "syn_atr": 18, "syn_ppp": 7}
+    (labels,) = model.predict([np.zeros((40, 52, 3), np.uint8)], params={"domain": "syn_atr"})
+    assert labels.shape == (40, 52) and labels.dtype == np.uint8 and labels.max() < 18
 
 
 def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shards, tmp_path):
@@ -70,7 +72,8 @@ def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, t
                    sst={"lambda_kd": 0.5})
     result = fit(job)
     assert "val/syn_ppp/miou" in result.metrics and result.registered_version == "1"
-    model = mlflow.pytorch.load_model("models:/sst-syn_ppp/1")  # pt2 (torch.export): no pickle involved
-    assert model(torch.zeros(2, 3, 40, 52)).shape == (2, 7, 40, 52)  # syn_ppp's 7 classes, no other head
+    model = mlflow.pyfunc.load_model("models:/sst-syn_ppp/1")  # model from code + torch.export: no pickle
+    labels = model.predict([np.zeros((40, 52, 3), np.uint8)] * 2)  # one head: no domain needed
+    assert [x.shape for x in labels] == [(40, 52)] * 2 and max(int(x.max()) for x in labels) < 7
     info = mlflow.models.get_model_info("models:/sst-syn_ppp/1")
     assert info.metadata["heads"] == {"syn_ppp": [0, 7]}

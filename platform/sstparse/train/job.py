@@ -26,14 +26,18 @@ def load_job(path: str | Path, overrides: list[str] | None = None, smoke_test: b
     return load_yaml(JobConfig, path, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []))
 
 
-def connect() -> None:
-    """Join the cluster `ray job submit` runs us in, or start a local instance (dashboard only on 127.0.0.1)."""
+def connect(num_cpus: int | None = None) -> None:
+    """Join the cluster `ray job submit` runs us in, or start a local instance (dashboard only on 127.0.0.1).
+
+    The local dashboard is not a nicety: it serves the state API through which Ray Train's placement-group
+    cleaner sees that a Tune trial stopped by ASHA took its training controller with it; without it those
+    workers' CPUs stay reserved and later trials wait for ever. ``num_cpus`` sizes a local instance only."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def run(path: str | Path, overrides: list[str] | None = None, smoke_test: bool = False,

@@ -56,7 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, job.train.epochs):
         t0 = time.perf_counter()
-        train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored)
+        train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored, rank)
         val_metrics, matrices = validate(model, domains, job)
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
         if run_id:
@@ -94,8 +94,8 @@ def _unwrap(model: nn.Module) -> SSTModel:
     return getattr(model, "module", model)      # DDP
 
 
-def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: int, restored: bool
-                    ) -> dict[str, float]:
+def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: int, restored: bool,
+                    rank: int) -> dict[str, float]:
     model.train()
     device = ray.train.torch.get_device()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.amp)
@@ -107,7 +107,7 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
     # (a rank with an extra partial batch would wait forever in DDP's all-reduce).
     for batch in pipeline.iter_train_batches(shard, job.training_data(), device=device, drop_last=True):
         if fault and not restored and epoch == fault.epoch and steps == fault.after_steps and \
-                ray.train.get_context().get_world_rank() == fault.rank:
+                rank == fault.rank:
             print(f"[fault injection] rank {fault.rank} exits in epoch {epoch} after {steps} steps", flush=True)
             os._exit(1)  # a hard crash, as a lost node or an OOM kill would look to Ray
         autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
@@ -125,7 +125,7 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
             if k in out:
                 sums[k] = sums.get(k, 0.0) + float(out[k].detach())
         steps, images = steps + 1, images + len(batch["domain"])
-        if steps % job.train.log_every == 0 and ray.train.get_context().get_world_rank() == 0:
+        if steps % job.train.log_every == 0 and rank == 0:
             print(f"epoch {epoch + 1} step {steps}: loss {sums['loss'] / steps:.3f}", flush=True)
     dt = time.perf_counter() - t0
     return {**{f"train/{k}": v / max(steps, 1) for k, v in sums.items()}, "train/steps": steps,

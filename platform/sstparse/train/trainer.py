@@ -26,7 +26,6 @@ from sstparse import plots, tracking
 from sstparse.data import pipeline
 from sstparse.data.shards import filesystem
 from sstparse.domains import load_domains
-from sstparse.export import StackedHeads
 from sstparse.model.sst import inference_model
 from sstparse.train.config import JobConfig
 from sstparse.train.loop import EVAL_FILE, META_FILE, STATE_FILE, build_model, train_loop_per_worker
@@ -52,21 +51,38 @@ def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), bare
 
 
-def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
-    """Reuse the MLflow run recorded for (storage_path, name), or open one and record it."""
-    if not job.tracking.enabled:
-        return None
-    fs, base = filesystem(job.train.storage_path)
+def recorded_run_id(storage_path: str, name: str) -> str | None:
+    fs, base = filesystem(storage_path)
     marker = posixpath.join(base, name, "mlflow_run_id")
-    if fs.exists(marker):
-        with fs.open(marker, "r") as f:
-            return f.read().strip()
-    run_id = tracking.start_run(job.tracking, name, parent_run_id=parent_run_id,
-                                tags={"mode": job.train.mode, "target": job.train.target or ""})
+    if not fs.exists(marker):
+        return None
+    with fs.open(marker, "r") as f:
+        return f.read().strip()
+
+
+def recorded_run(cfg: tracking.TrackingConfig, storage_path: str, name: str, parent_run_id: str | None = None,
+                 tags: dict[str, str] | None = None) -> str:
+    """The MLflow run recorded at ``<storage_path>/<name>/mlflow_run_id``, or a new run, recorded there.
+
+    Keyed by storage so that whatever resumes from that storage (a FailureConfig restart, the same job submitted
+    again, a restored Tune sweep) appends to the same run."""
+    recorded = recorded_run_id(storage_path, name)
+    if recorded:
+        return recorded
+    fs, base = filesystem(storage_path)
+    marker = posixpath.join(base, name, "mlflow_run_id")
+    run_id = tracking.start_run(cfg, name, parent_run_id=parent_run_id, tags=tags)
     fs.makedirs(posixpath.dirname(marker), exist_ok=True)
     with fs.open(marker, "w") as f:
         f.write(run_id)
     return run_id
+
+
+def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
+    if not job.tracking.enabled:
+        return None
+    return recorded_run(job.tracking, job.train.storage_path, name, parent_run_id,
+                        tags={"mode": job.train.mode, "target": job.train.target or ""})
 
 
 def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list | None = None) -> TorchTrainer:
@@ -118,8 +134,12 @@ def absolute_paths(job: JobConfig) -> JobConfig:
 
 
 def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = None, callbacks: list | None = None,
-        register: bool = True, alias: str | None = None, out_dir: str | None = None) -> FitResult:
-    """Train, then log the best checkpoint's pictures and model to MLflow (and register it)."""
+        register: bool = True, alias: str | None = None, out_dir: str | None = None,
+        log_model: bool = True) -> FitResult:
+    """Train, then log the best checkpoint's pictures and model to MLflow (and register it) and close the run.
+
+    ``log_model=False`` (sweep trials) stops after training and leaves the run open: the sweep logs the model of
+    its best trial only, and a trial ASHA stops is killed before it could get here anyway."""
     job = absolute_paths(job)
     name = name or run_name(job)
     run_id = _run_id(job, name, parent_run_id)
@@ -133,7 +153,7 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
         raise
     best = _best_checkpoint(result, job.objective)
     with best.as_directory() as d:
-        version = finalize(job, Path(d), run_id, register, alias, out_dir)
+        version = finalize(job, Path(d), run_id, register, alias, out_dir) if log_model else None
         meta = json.loads((Path(d) / META_FILE).read_text())
     return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version)
 
@@ -167,10 +187,8 @@ def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, ali
         return None
     tracking.log_artifacts(job.tracking, run_id, pictures, "plots")
     tracking.log_artifacts(job.tracking, run_id, [ckpt / META_FILE], "checkpoint")
-    exported = StackedHeads(inference_model(model))
-    version = tracking.log_pytorch_model(job.tracking, run_id, exported, torch.zeros(2, 3, 64, 64),
-                                         register_as=job.registered_name if register else None, alias=alias,
-                                         metadata={"heads": exported.head_slices()})
+    version = tracking.log_pyfunc_model(job.tracking, run_id, inference_model(model),
+                                        register_as=job.registered_name if register else None, alias=alias)
     tracking.end_run(job.tracking, run_id)
     return version
 

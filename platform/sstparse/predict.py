@@ -1,0 +1,132 @@
+"""``sstparse predict``: run a registered (or any) pyfunc model over image files, folders or an S3 prefix.
+
+Per image ``<name>`` it writes ``<name>.png`` (the label map: one class index per pixel, a single-channel PNG),
+``<name>_color.png`` (the label map in the domain's colours) and ``<name>_overlay.jpg`` (those colours blended
+over the image). A folder or prefix keeps its sub-folders under ``--out``, so equal file names in different
+folders do not collide; two inputs that would write the same files are an error.
+
+The model is loaded through MLflow's pyfunc (:mod:`sstparse.pyfunc`), so this is exactly what a user of
+``mlflow.pyfunc.load_model`` gets. An image that cannot be decoded stops the run with an error naming the file, or
+with ``keep_going`` is skipped and listed in the result (the command exits 0 and prints the list).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import fsspec
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from sstparse.data.shards import BadRecord, decode_image, filesystem
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Input:
+    fs: fsspec.AbstractFileSystem
+    path: str  # path inside fs
+    url: str   # what the user sees in messages (s3://bucket/key or a local path)
+    name: str  # output name relative to --out, without suffix
+
+
+@dataclass
+class PredictResult:
+    written: list[str] = field(default_factory=list)                 # output names
+    skipped: list[tuple[str, str]] = field(default_factory=list)     # (url, reason)
+
+
+def list_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> list[Input]:
+    """Expand files, folders (recursively, image suffixes only) and s3:// prefixes into a sorted list.
+
+    Credentials and a custom endpoint for s3:// come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL,
+    ...) unless ``storage_options`` are given."""
+    found: list[Input] = []
+    for given in inputs:
+        fs, path = filesystem(given, storage_options)
+        if fs.isdir(path):
+            files = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_SUFFIXES))
+            if not files:
+                raise FileNotFoundError(f"{given}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            found += [Input(fs, p, _url(fs, p, given), posixpath.splitext(posixpath.relpath(p, path))[0])
+                      for p in files]
+        elif fs.isfile(path):
+            found.append(Input(fs, path, given, posixpath.splitext(posixpath.basename(path))[0]))
+        else:
+            raise FileNotFoundError(f"{given}: no such file, folder or prefix")
+    _check_unique(found)
+    return found
+
+
+def _url(fs: fsspec.AbstractFileSystem, path: str, given: str) -> str:
+    return fs.unstrip_protocol(path) if "://" in given else path
+
+
+def _check_unique(found: Sequence[Input]) -> None:
+    by_name: dict[str, list[str]] = {}
+    for item in found:
+        by_name.setdefault(item.name, []).append(item.url)
+    clashes = {n: urls for n, urls in by_name.items() if len(urls) > 1}
+    if clashes:
+        raise ValueError(f"inputs would write the same outputs: {clashes}; give their folders instead, or rename")
+
+
+def read(item: Input, min_size: int) -> np.ndarray:
+    """Decode one input to HxWx3 uint8; :class:`BadRecord` naming the file if it cannot be used."""
+    try:
+        data = item.fs.cat_file(item.path)
+    except OSError as err:
+        raise BadRecord(item.url, f"cannot read ({type(err).__name__}: {err})") from None
+    image, _ = decode_image(data, item.url)
+    if min(image.shape[:2]) < min_size:
+        raise BadRecord(item.url, f"{image.shape[0]}x{image.shape[1]} is too small (the model needs >= {min_size} "
+                                  "px a side)")
+    return image
+
+
+def write_outputs(out: Path, name: str, image: np.ndarray, label: np.ndarray, head: Any) -> None:
+    from sstparse.plots import overlay
+
+    base = out / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label).save(f"{base}.png")
+    Image.fromarray(head.palette[label]).save(f"{base}_color.png")
+    Image.fromarray(overlay(image, label, head)).save(f"{base}_overlay.jpg", quality=90)
+
+
+def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str | None = None,
+            flip_tta: bool = False, keep_going: bool = False, batch_size: int = 8, tracking_uri: str | None = None,
+            storage_options: dict | None = None, progress: bool = True) -> PredictResult:
+    """Parse every input image with the model at ``model_uri`` and write its outputs under ``out``."""
+    from sstparse import tracking
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    items = list_inputs(inputs, storage_options)  # before loading the model: a typo fails fast
+    model = tracking.load_pyfunc_model(model_uri, tracking_uri)
+    served = model.unwrap_python_model()
+    head = served.head(domain)  # unknown or missing domain: an error naming the model's heads, before any work
+    params = {"domain": head.name, "flip_tta": flip_tta, "batch_size": batch_size}
+    out = Path(out)
+    result = PredictResult()
+    with tqdm(total=len(items), unit="img", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            good: list[tuple[Input, np.ndarray]] = []
+            for item in items[start:start + batch_size]:
+                try:
+                    good.append((item, read(item, served.min_size)))
+                except BadRecord as err:
+                    if not keep_going:
+                        raise
+                    result.skipped.append((err.source, err.reason))
+            labels = model.predict([im for _, im in good], params=params) if good else []
+            for (item, image), label in zip(good, labels):
+                write_outputs(out, item.name, image, label, head)
+                result.written.append(item.name)
+            bar.update(min(batch_size, len(items) - start))
+    return result

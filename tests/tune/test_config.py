@@ -1,0 +1,78 @@
+"""Sweep configs: search space -> Tune parameters -> the job each trial trains (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sstparse.config import ConfigError
+from sstparse.tune.config import Fixed, Range, SweepConfig, load_sweep
+from sstparse.tune.sweep import apply_params, fixed_params, param_space, searched
+from tests.train.conftest import tiny_job
+
+
+def _sweep(**space) -> SweepConfig:
+    return SweepConfig.model_validate({"job": "x.yaml", "space": space})
+
+
+def test_searched_and_fixed_knobs(tmp_path):
+    job = tiny_job("/shards", tmp_path, data={"domain_mix": {"syn_lip": 1.0, "syn_cihp": 0.0, "syn_atr": 2.0,
+                                                               "syn_ppp": 1.0}})
+    sweep = _sweep(lambda_mst={"low": 0.01, "high": 1.0, "log": True}, lr={"fixed": 0.004},
+                   domain_mix={"low": 0.5, "high": 2.0})
+    # syn_cihp has weight 0: it stays out of training, so it gets no searched weight.
+    assert sorted(searched(sweep, job)) == ["lambda_mst", "mix.syn_atr", "mix.syn_lip", "mix.syn_ppp"]
+    assert set(param_space(sweep, job)) == set(searched(sweep, job))
+    assert fixed_params(sweep, job) == {"lr": 0.004}
+
+
+def test_apply_params_normalises_the_mix_and_keeps_head_order(tmp_path):
+    job = tiny_job("/shards", tmp_path, data={"domain_mix": {"syn_lip": 1.0, "syn_cihp": 0.0, "syn_atr": 1.0,
+                                                               "syn_ppp": 1.0}})
+    trial = apply_params(job, {"lambda_mst": 0.3, "lr": 0.004, "mix.syn_lip": 1.0, "mix.syn_atr": 2.0,
+                               "mix.syn_ppp": 1.0})
+    assert trial.sst.lambda_mst == 0.3 and trial.optim.lr == 0.004
+    assert list(trial.data.domain_mix) == ["syn_lip", "syn_cihp", "syn_atr", "syn_ppp"]
+    assert trial.data.domain_mix == pytest.approx({"syn_lip": 0.25, "syn_cihp": 0.0, "syn_atr": 0.5,
+                                                   "syn_ppp": 0.25})
+    assert trial.domain_names == job.domain_names  # same heads in the same order
+
+
+def test_apply_params_rejects_a_bad_value(tmp_path):
+    job = tiny_job("/shards", tmp_path)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        apply_params(job, {"lr": -1.0})
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"lr": {"low": 0.01, "high": 0.001}}, "space.lr"),
+    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "low must be > 0"),
+    ({"lr": {"low": 0.01, "high": 0.1, "step": 2}}, "unknown key"),
+    ({"learning_rate": {"fixed": 0.1}}, "space.learning_rate: unknown key"),
+])
+def test_bad_space_names_the_field(tmp_path, space, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"job": "universal.yaml", "space": space}))
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
+def test_sweep_needs_an_existing_job_and_something_to_search(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"job": "missing.yaml"}))
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_sweep(path)
+    job = tiny_job("/shards", tmp_path)
+    with pytest.raises(ConfigError, match="nothing to search"):
+        param_space(_sweep(lr={"fixed": 0.01}), job)
+
+
+def test_overrides_reach_the_sweep_and_the_job():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "sweep.yaml"
+    sweep, job = load_sweep(path, ["search.num_samples=3", "job.train.epochs=1", "job.sst.lambda_mse=0.5"])
+    assert sweep.search.num_samples == 3 and job.train.epochs == 1 and job.sst.lambda_mse == 0.5
+    assert isinstance(sweep.space.lr, Range) and isinstance(Fixed(fixed=1.0), Fixed)
+    with pytest.raises(ConfigError, match="lambda_kd"):  # distillation only exists in dedicated mode
+        load_sweep(path, ["space.lambda_kd.fixed=0.5"])
