@@ -5,7 +5,7 @@ difference is the scheduler. Printed per arm: trials, trial-epochs spent, best o
 ratio of epochs and the difference of best objectives against a noise estimate: the best configuration trained
 again with another seed (the spread a single run has anyway).
 
-    python jobs/benchmark_tune.py --config jobs/configs/sweep.yaml            # default size: ~30 min on 2 cores
+    python jobs/benchmark_tune.py --config jobs/configs/sweep.yaml            # default size: ~40 min on 2 cores
     python jobs/benchmark_tune.py --config jobs/configs/sweep.yaml search.num_samples=16 job.train.epochs=8
 """
 
@@ -29,10 +29,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="jobs/configs/sweep.yaml")
     ap.add_argument("overrides", nargs="*", help="sweep overrides and job.* overrides, after the defaults")
+    ap.add_argument("--ray-cpus", type=int, default=None,
+                    help="logical CPUs of the local Ray instance (default: what the concurrent trials need)")
     args = ap.parse_args()
     base = DEFAULT_OVERRIDES + args.overrides
     sweep, job = load_sweep(args.config, base)
-    connect(local_cpus(sweep, job))
+    connect(args.ray_cpus or local_cpus(sweep, job))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = {}
     for kind in ("asha", "none"):

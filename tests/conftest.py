@@ -16,7 +16,12 @@ class S3Server(NamedTuple):
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """A moto S3 server on 127.0.0.1 (a real HTTP endpoint, so s3fs/pyarrow code paths are the production ones)
-    with one bucket. Tests share it: write under a prefix of your own (e.g. the test name)."""
+    with one bucket. Tests share it: write under a prefix of your own (e.g. the test name).
+
+    Its endpoint and fake credentials are put in the environment, as a cluster's nodes have them (a Kubernetes
+    Secret, cluster/local/): AWS_ENDPOINT_URL for boto3/s3fs, MLFLOW_S3_ENDPOINT_URL for MLflow's artifact client.
+    ``ray_session`` starts after this fixture, so every Ray process (Train controller and workers, Ray Data tasks)
+    inherits them: an s3:// storage_path then works there without any option passed around."""
     from moto.server import ThreadedMotoServer
     import boto3
 
@@ -27,12 +32,14 @@ def s3_server() -> Iterator[S3Server]:
                        "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost",
                        "no_proxy": "127.0.0.1,localhost"}.items():
         env.setenv(key, value)
-    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
         env.delenv(key, raising=False)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
+    env.setenv("AWS_ENDPOINT_URL", url)
+    env.setenv("MLFLOW_S3_ENDPOINT_URL", url)
     bucket = "sstparse-test"
     boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=bucket)
     try:
@@ -44,9 +51,9 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
     """One local Ray instance for the whole test session (STACK.md: never one per test). Tests using it are
-    marked ``@pytest.mark.ray``."""
+    marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its processes see the S3 environment."""
     import os
 
     import ray

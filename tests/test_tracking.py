@@ -39,3 +39,14 @@ def test_child_runs_and_registry_alias(tmp_path):
     assert version == "1"
     assert str(tracking.get_alias(cfg, "sst-test", "challenger").version) == "1"
     assert tracking.get_alias(cfg, "sst-test", "champion") is None
+
+
+def test_tracking_uri_comes_from_the_environment_unless_set(monkeypatch):
+    # On a cluster MLFLOW_TRACKING_URI comes from the nodes' environment; a server then keeps the artifacts.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert TrackingConfig().tracking_uri == "sqlite:///mlruns.db"
+    assert TrackingConfig().artifact_location == "mlruns-artifacts"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert TrackingConfig().tracking_uri == "http://mlflow:5000" and TrackingConfig().artifact_location is None
+    explicit = TrackingConfig(tracking_uri="sqlite:///x.db", artifact_location="s3://b/a")
+    assert (explicit.tracking_uri, explicit.artifact_location) == ("sqlite:///x.db", "s3://b/a")

@@ -20,19 +20,39 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field
 
 from sstparse.config import StrictModel
+from sstparse.redact import is_secret, redact
 
-SECRET_HINTS = ("secret", "password", "token", "access_key", "credential")
+LOCAL_STORE = "sqlite:///mlruns.db"
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (it stores artifacts itself) rather than a local store."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
+def _default_tracking_uri() -> str:
+    # MLflow's own convention: on a cluster MLFLOW_TRACKING_URI comes from the nodes' environment (a Kubernetes
+    # Secret, the local cluster scripts), so the same job YAML runs locally and there.
+    return os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+
+
+def _default_artifact_location(data: dict) -> str | None:
+    # A server decides (its --artifacts-destination / --default-artifact-root); a local store gets a local folder.
+    return None if is_server(data.get("tracking_uri") or LOCAL_STORE) else "mlruns-artifacts"
 
 
 class TrackingConfig(StrictModel):
     """Where runs, artifacts and registered models go."""
 
-    tracking_uri: str = Field("sqlite:///mlruns.db",
-                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on clusters.")
+    tracking_uri: str = Field(default_factory=_default_tracking_uri,
+                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on clusters. "
+                                          "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db.")
     experiment: str = Field("sstparse", description="Experiment name; created on first use.")
     artifact_location: str | None = Field(
-        "mlruns-artifacts", description="Artifact root for a new experiment (local path or s3://); None lets the "
-                                        "server decide. Relative paths are resolved against the working directory.")
+        default_factory=_default_artifact_location,
+        description="Artifact root for a new experiment (local path or s3://); None lets the server decide. "
+                    "Relative paths are resolved against the working directory. Default: None with a tracking "
+                    "server, else mlruns-artifacts.")
     register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target>.")
     enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")
 
@@ -92,13 +112,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_secret(key: str) -> bool:
-    return any(h in key.lower() for h in SECRET_HINTS)
-
-
 def log_params(cfg: TrackingConfig, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log a (nested) config as flat params. Keys that look like credentials are never logged."""
-    flat = {k: ("***" if _is_secret(k) else str(v)[:6000]) for k, v in flatten(params).items()}
+    """Log a (nested) config as flat params. Credentials are never logged: credential-looking keys are masked at
+    every level (``storage_options.secret``, ``...key``) and so are passwords in URLs."""
+    flat = {k: ("***" if is_secret(k) else str(v)[:6000]) for k, v in flatten(redact(dict(params))).items()}
     c = client(cfg)
     existing = c.get_run(run_id).data.params
     new = {k: v for k, v in flat.items() if k not in existing}  # a resumed run must not re-log (MLflow refuses)

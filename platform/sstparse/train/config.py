@@ -116,7 +116,7 @@ class JobConfig(StrictModel):
     sst: SSTSettings = SSTSettings()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # reads $MLFLOW_TRACKING_URI when built
 
     @model_validator(mode="after")
     def _mode_matches_domains(self) -> "JobConfig":

@@ -28,6 +28,7 @@ from sstparse.data import pipeline
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.evaluate import TTA, DomainEvaluator
 from sstparse.model.sst import SSTModel, build_sst_model
+from sstparse.redact import redact
 from sstparse.train.config import JobConfig, OptimConfig
 
 STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
@@ -172,8 +173,10 @@ def save_checkpoint(path: Path, model: SSTModel, optimizer, scheduler, job: JobC
         assoc = {f"assoc/{a}/{b}": model.association(a, b).numpy()
                  for a in model.domain_names for b in model.domain_names if a != b}
     np.savez(path / EVAL_FILE, **{f"confusion/{k}": v for k, v in matrices.items()}, **assoc)
+    # The job is redacted: meta.json is persisted (storage, MLflow artifact) and a credential a user put in
+    # data.storage_options must not travel with it; nothing reads credentials back from a checkpoint.
     meta = {"epoch": epoch + 1, "mlflow_run_id": run_id, "domains": model.domain_names,
-            "job": job.model_dump(mode="json"), "metrics": {k: v for k, v in metrics.items()
+            "job": redact(job.model_dump(mode="json")), "metrics": {k: v for k, v in metrics.items()
                                                            if isinstance(v, (int, float, str))}}
     (path / META_FILE).write_text(json.dumps(meta, indent=1))
 

@@ -42,17 +42,27 @@ class FitResult:
 
 
 def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
-    """(pyarrow filesystem, path) for Ray Train; remote roots go through fsspec (s3fs) so one set of credentials and
-    endpoint settings (the environment) serves shards, checkpoints and artifacts alike."""
-    path = job.train.storage_path
+    return storage_at(job.train.storage_path)
+
+
+def storage_filesystem(path: str):
+    """(fsspec filesystem, bare path) for checkpoint storage. No listings cache: Ray Train workers add checkpoint
+    folders behind the driver's back, and a listing cached earlier (while a resumed run was restored) made the
+    driver's filesystem report the new best checkpoint as missing."""
+    return filesystem(path, {"use_listings_cache": False} if "://" in path else None)
+
+
+def storage_at(path: str) -> tuple[pafs.FileSystem | None, str]:
+    """(pyarrow filesystem, path) for Ray Train and Tune; remote roots go through fsspec (s3fs) so one set of
+    credentials and endpoint settings (the environment) serves shards, checkpoints and artifacts alike."""
     if "://" not in path:
         return None, str(Path(path).resolve())
-    fs, bare = filesystem(path)
+    fs, bare = storage_filesystem(path)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), bare
 
 
 def recorded_run_id(storage_path: str, name: str) -> str | None:
-    fs, base = filesystem(storage_path)
+    fs, base = storage_filesystem(storage_path)
     marker = posixpath.join(base, name, "mlflow_run_id")
     if not fs.exists(marker):
         return None
@@ -69,7 +79,7 @@ def recorded_run(cfg: tracking.TrackingConfig, storage_path: str, name: str, par
     recorded = recorded_run_id(storage_path, name)
     if recorded:
         return recorded
-    fs, base = filesystem(storage_path)
+    fs, base = storage_filesystem(storage_path)
     marker = posixpath.join(base, name, "mlflow_run_id")
     run_id = tracking.start_run(cfg, name, parent_run_id=parent_run_id, tags=tags)
     fs.makedirs(posixpath.dirname(marker), exist_ok=True)

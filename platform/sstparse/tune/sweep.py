@@ -35,7 +35,7 @@ from sstparse import plots, tracking
 from sstparse.config import ConfigError, validate
 from sstparse.train.config import JobConfig
 from sstparse.train.loop import META_FILE
-from sstparse.train.trainer import absolute_paths, finalize, fit, recorded_run, recorded_run_id, storage
+from sstparse.train.trainer import absolute_paths, finalize, fit, recorded_run, recorded_run_id, storage_at
 from sstparse.tune.config import Range, SweepConfig
 
 # Where each searchable knob lives in the job (domain_mix is handled apart: one weight per domain).
@@ -122,7 +122,7 @@ def build_tuner(sweep: SweepConfig, job: JobConfig, parent_run_id: str | None,
                 callbacks: list | None = None) -> ray.tune.Tuner:
     """A new Tuner, or the interrupted one restored when ``<storage>/<name>`` holds a sweep."""
     base = sweep_storage(sweep, job)
-    fs, path = storage(job.model_copy(update={"train": job.train.model_copy(update={"storage_path": base})}))
+    fs, path = storage_at(base)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, job=job.model_dump(mode="json"), fixed=fixed_params(sweep, job),
                                  parent_run_id=parent_run_id,
@@ -223,10 +223,13 @@ def log_best(best: dict[str, Any], sweep: SweepConfig, job: JobConfig, out: Path
     """The best trial's pictures and model go to its child run; the model is registered with the sweep's alias.
     Done once, here, rather than in every trial: most trials' models would never be looked at."""
     # The reported path is relative to the storage filesystem (a bare bucket/key on S3).
-    fs, _ = storage(job.model_copy(update={"train": job.train.model_copy(update={"storage_path": sweep.storage_path})}))
+    fs, _ = storage_at(sweep.storage_path)
     checkpoint = ray.train.Checkpoint(best["checkpoint"], filesystem=fs)
     with checkpoint.as_directory() as d:
         trial_job = JobConfig.model_validate(json.loads((Path(d) / META_FILE).read_text())["job"])
+        # A checkpoint's job has its credentials redacted; reading shards for the pictures needs the real ones.
+        trial_job = trial_job.model_copy(update={"data": trial_job.data.model_copy(
+            update={"storage_options": job.data.storage_options})})
         return finalize(trial_job, Path(d), best["run_id"], register=sweep.register_alias is not None,
                         alias=sweep.register_alias, out_dir=str(out))
 

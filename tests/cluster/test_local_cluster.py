@@ -1,0 +1,107 @@
+"""cluster/local/ end to end, as the README tells a user: ray-head.sh starts a head with token authentication (the
+token generated on first start, mode 600), ray-worker.sh joins a second node with the token; the job API refuses a
+submission without the token or with a wrong one and accepts it with the token; both stop by their pids.
+
+One head start for all of it (about a minute on a 2-core machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.raycli import BIN, REPO, agent_args, free_ports, submit, wait_job
+
+SCRIPTS = REPO / "cluster" / "local"
+PROBE = "import ray; ray.init(); print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))"
+
+
+def script(name: str, action: str, env: dict, timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPTS / name), action], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def cluster_env(tmp_path):
+    """The scripts' settings for this test: every port free, state and token under tmp_path, a short Ray temp dir
+    (unix socket paths are capped at 107 bytes), and a HOME of its own so that no token of the developer's
+    (~/.ray/auth_token) is found by any client here."""
+    temp_dir = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
+    home = tmp_path / "home"
+    home.mkdir()
+    gcs, dash, client, head_agent, worker_agent = free_ports(5)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
+                                                              "RAY_AUTH_TOKEN_PATH")}
+    env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "HOME": str(home),
+                "SSTPARSE_CLUSTER_DIR": str(tmp_path / "state"), "RAY_TEMP_DIR": temp_dir,
+                "RAY_AUTH_TOKEN_PATH": str(tmp_path / "state" / "auth_token"),
+                "RAY_HEAD_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dash), "RAY_CLIENT_PORT": str(client),
+                "RAY_HEAD_AGENT_PORT": str(head_agent), "RAY_WORKER_AGENT_PORT": str(worker_agent),
+                "RAY_HEAD_CPUS": "1", "RAY_WORKER_CPUS": "1",
+                "RAY_HEAD_EXTRA_ARGS": agent_args(), "RAY_WORKER_EXTRA_ARGS": agent_args()})
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:  # stop whatever is still running, by the pid files (a no-op when the test stopped it)
+        for name in ("ray-worker.sh", "ray-head.sh"):
+            script(name, "stop", env, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_token_auth_cluster_refuses_without_token_and_accepts_with_it(cluster_env, tmp_path):
+    env, address = cluster_env
+    head = script("ray-head.sh", "start", env)
+    assert head.returncode == 0, head.stdout + head.stderr
+    token_file = tmp_path / "state" / "auth_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text()
+    assert len(token) == 64
+    worker = script("ray-worker.sh", "start", env)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+
+    # The job API itself: no token -> 401, a wrong one -> 403, the right one -> 200.
+    assert http_status(f"{address}/api/jobs/") == 401
+    assert http_status(f"{address}/api/jobs/", "not-the-token") == 403
+    assert http_status(f"{address}/api/jobs/", token) == 200
+
+    # `ray job submit` as users run it. Without a token (auth mode unset, no token file) and with a wrong one:
+    # refused, and no job is created.
+    entry = [sys.executable, "-c", PROBE]
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    refused = submit(address, no_token, "no-token", entry)
+    assert refused.returncode != 0 and "Missing authentication token" in refused.stderr, refused.stdout + refused.stderr
+    wrong = submit(address, {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}, "wrong", entry)
+    assert wrong.returncode != 0 and "Invalid authentication token" in wrong.stderr, wrong.stdout + wrong.stderr
+    # With the token (the file the head script wrote, as the README exports it): accepted, and its driver sees
+    # both nodes, so the worker node joined with the token too.
+    accepted = submit(address, {**env, "RAY_AUTH_MODE": "token"}, "with-token", entry)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    auth = {"Authorization": f"Bearer {token}"}
+    status, logs = wait_job(address, "with-token", timeout=180, headers=auth)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "alive nodes: 2" in logs
+
+    from ray.job_submission import JobSubmissionClient
+
+    ids = {j.submission_id for j in JobSubmissionClient(address, headers=auth).list_jobs()}
+    assert ids == {"with-token"}
+
+    for name in ("ray-worker.sh", "ray-head.sh"):
+        stopped = script(name, "stop", env, timeout=120)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert script(name, "status", env).returncode == 1
