@@ -9,16 +9,14 @@ itself an MLflow run (both versions' scores, the decision), so every alias move 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from sstparse import tracking
-from sstparse.data.preview import first_rows
+from sstparse.data.preview import samples
 from sstparse.evaluate import confusion_matrix, scores
 from sstparse.tracking import TrackingConfig
 
@@ -51,14 +49,13 @@ def evaluate_version(model, data_root: str, storage_options: dict | None = None,
     out = {}
     for domain, (start, stop) in heads.items():
         matrix = torch.zeros(stop - start, stop - start, dtype=torch.int64)
-        rows = first_rows(data_root, domain, "val", limit or 10**9, storage_options)
+        rows = list(samples(data_root, domain, "val", limit, storage_options))
         if not rows:
             raise ValueError(f"{data_root}: no validation shards for domain {domain!r} (the model's head)")
-        for r in tqdm(rows, desc=f"{domain}", leave=False, disable=None):
-            image = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
-            label = torch.from_numpy(np.asarray(Image.open(io.BytesIO(r["label"]))).astype(np.int64))
+        for image, label in tqdm(rows, desc=f"{domain}", leave=False, disable=None):
             pred = model.predict([image], params={"domain": domain, "flip_tta": flip_tta})[0]
-            matrix += confusion_matrix(torch.from_numpy(pred.astype(np.int64)), label, stop - start)
+            matrix += confusion_matrix(torch.from_numpy(pred.astype(np.int64)),
+                                       torch.from_numpy(label.astype(np.int64)), stop - start)
         out[domain] = float(scores(matrix)["miou"])
     out["mean"] = float(np.mean([out[d] for d in heads]))
     return out

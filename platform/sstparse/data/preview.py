@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from sstparse.data.shards import filesystem, part_paths
+from sstparse.data.shards import decode_image, decode_label, filesystem, part_paths
 from sstparse.domains import LabelDomain
 
 
@@ -23,6 +22,15 @@ def first_rows(root: str, domain: str, split: str, n: int, storage_options: dict
         if len(rows) >= n:
             break
     return rows
+
+
+def samples(root: str, domain: str, split: str, n: int | None = None, storage_options: dict | None = None
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(H x W x 3 uint8 image, H x W uint8 label) for the first ``n`` rows of a split (all of them when None),
+    decoded as the stream decodes them; a bad record is a BadRecord naming the part."""
+    for i, r in enumerate(first_rows(root, domain, split, n if n is not None else 2**62, storage_options)):
+        source = f"{root}/{domain}/{split} row {i}"
+        yield decode_image(r["image"], source)[0], decode_label(r["label"], source)
 
 
 def tile(img: np.ndarray, height: int) -> Image.Image:
@@ -60,9 +68,7 @@ def preview_grid(root: str, domains: Iterable[LabelDomain], n: int = 6, split: s
     rows = []
     for d in domains:
         tiles = []
-        for r in first_rows(root, d.name, split, n, storage_options):
-            img = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
-            lbl = d.palette[np.asarray(Image.open(io.BytesIO(r["label"])))]
-            tiles += [tile(img, height), tile(lbl, height)]
+        for img, lbl in samples(root, d.name, split, n, storage_options):
+            tiles += [tile(img, height), tile(d.palette[lbl], height)]
         rows.append(row(tiles, d.name))
     return column(rows)

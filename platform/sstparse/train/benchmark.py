@@ -15,7 +15,6 @@ same threads), so a busy machine slows both alike.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sstparse import tracking
 from sstparse.data.augment import normalize
-from sstparse.data.preview import first_rows
+from sstparse.data.preview import samples
 from sstparse.data.shards import read_manifest
 from sstparse.data.synth import true_association
 from sstparse.domains import LabelDomain, load_domains
@@ -103,9 +101,9 @@ def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = No
 def score(parser, domain: LabelDomain, job: JobConfig, tta: TTA) -> float:
     """mIoU of one head on every validation image of its domain."""
     ev = DomainEvaluator(domain, tta)
-    for r in first_rows(job.data.root_of(domain.name), domain.name, "val", 10**9, job.data.storage_options):
-        image = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
-        label = torch.from_numpy(np.asarray(Image.open(io.BytesIO(r["label"]))).astype(np.int64))[None]
+    for image, label_map in samples(job.data.root_of(domain.name), domain.name, "val",
+                                    storage_options=job.data.storage_options):
+        label = torch.from_numpy(label_map.astype(np.int64))[None]
         ev.update(lambda x: parser(x, domain.name), torch.from_numpy(normalize(image))[None], label)
     return float(ev.compute(reduce=False)["miou"])
 

@@ -226,17 +226,11 @@ def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
 @torch.no_grad()
 def prediction_overlays(job: JobConfig, model, domain, path: Path, n: int = 4) -> Path:
     """Image | ground truth | prediction for the first validation images of a domain."""
-    import io
-
-    from PIL import Image
-
     from sstparse.data.augment import normalize
-    from sstparse.data.preview import first_rows
+    from sstparse.data.preview import samples
 
     rows = []
-    for r in first_rows(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options):
-        image = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
-        label = np.asarray(Image.open(io.BytesIO(r["label"])))
+    for image, label in samples(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options):
         x = torch.from_numpy(normalize(image))[None]
         pred = model.parser(x, domain.name).argmax(1)[0].numpy().astype(np.uint8)
         rows.append((image, label, pred))
