@@ -86,10 +86,11 @@ def _grad_holes(model) -> list[str]:
 
 
 @pytest.mark.parametrize("domain", [0, 1, 2])
-@pytest.mark.parametrize("variant", ["universal", "dedicated", "plain", "no_sst_weights"])
+@pytest.mark.parametrize("variant", ["universal", "universal_kd", "dedicated", "plain", "no_sst_weights"])
 def test_single_domain_batch_reaches_every_parameter(domain, variant):
     sst_cfg = None if variant == "plain" else SSTConfig()
-    weights = {"universal": SSTLossWeights(), "dedicated": SSTLossWeights(lambda_kd=0.5),
+    weights = {"universal": SSTLossWeights(), "universal_kd": SSTLossWeights(lambda_kd=0.5),
+               "dedicated": SSTLossWeights(lambda_kd=0.5),
                "plain": SSTLossWeights(), "no_sst_weights": SSTLossWeights(0.0, 0.0, 0.0)}[variant]
     target = "c" if variant == "dedicated" else None
     model = build_sst_model(ParserConfig(), DOMS, sst_cfg, weights, target_domain=target).train()

@@ -68,10 +68,11 @@ def test_distillation_matches_hand_computation_and_trains_only_the_target_head()
     assert zero.item() == 0.0
 
 
-@pytest.mark.parametrize("case", ["mixed", "one_domain", "all_ignored", "one_image", "dedicated"])
+@pytest.mark.parametrize("case", ["mixed", "one_domain", "all_ignored", "one_image", "dedicated", "universal_kd"])
 def test_losses_are_finite(case):
     target = "a" if case == "dedicated" else None
-    weights = L.SSTLossWeights(lambda_kd=1.0 if target else 0.0)
+    distils = case in ("dedicated", "universal_kd")
+    weights = L.SSTLossWeights(lambda_kd=1.0 if distils else 0.0)
     model = build_sst_model(ParserConfig(), DOMS, SSTConfig(), weights, target_domain=target).train()
     n = 1 if case == "one_image" else 4
     x = torch.randn(n, 3, 41, 29)
@@ -84,10 +85,25 @@ def test_losses_are_finite(case):
         out["loss"].backward()
         scalars = {k: v for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
         assert {"loss", "ce", "mse", "mse/relation", "mse/prototype", "mst"} <= set(scalars)
-        assert ("kd" in scalars) == (target is not None)
+        assert ("kd" in scalars) == distils
         assert all(torch.isfinite(v) for v in scalars.values()), scalars
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert out["logits"]["a"].shape == (n, 6, 11, 8)
+
+
+@pytest.mark.parametrize("lambda_kd", [0.0, 0.5])
+def test_universal_distillation_teaches_every_head_from_other_domains_labels(lambda_kd):
+    """A batch of domain-a images only: head b learns from a's labels through M(a->b) exactly when lambda_kd > 0
+    (CE does not reach it and the transfer NLL detaches it), and the target-less model distils into both heads."""
+    torch.manual_seed(0)
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(), L.SSTLossWeights(lambda_kd=lambda_kd)).train()
+    assert model.distillation_targets() == (["a", "b"] if lambda_kd else [])
+    out = model(torch.randn(2, 3, 40, 32), torch.randint(0, 6, (2, 40, 32)), torch.tensor([0, 0]))
+    out["loss"].backward()
+    head_b = model.parser.heads.heads["b"]
+    grad = sum(float(p.grad.abs().sum()) for p in head_b.parameters())
+    assert (grad > 0) == (lambda_kd > 0)
+    assert ("kd" in out) == (lambda_kd > 0)
 
 
 def test_total_loss_weights():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sstparse.data.shards import read_manifest
 from sstparse.data.synth import true_association
@@ -13,16 +14,23 @@ from tests.train.conftest import tiny_job
 
 def test_arms_differ_only_in_mode_and_sst(tmp_path):
     base = tiny_job("/shards", tmp_path)
-    jobs = {arm: bench.arm_jobs(base, arm, seed=1) for arm in "ABCD"}
+    base = base.model_copy(update={"sst": base.sst.model_copy(update={"lambda_kd": 0.5})})
+    jobs = {arm: bench.arm_jobs(base, arm, seed=1) for arm in bench.ARMS}
     assert [j.train.target for j in jobs["A"]] == list(bench.DOMAINS)
     assert {j.train.mode for j in jobs["A"]} == {"single"} and not jobs["A"][0].sst.enabled
     assert (jobs["B"][0].train.mode, jobs["B"][0].sst.enabled) == ("universal", False)
     assert (jobs["C"][0].train.mode, jobs["C"][0].sst.enabled) == ("universal", True)
+    assert (jobs["CK"][0].train.mode, jobs["CK"][0].sst.enabled) == ("universal", True)
     assert (jobs["D"][0].train.mode, jobs["D"][0].train.target) == ("dedicated", "syn_ppp")
+    assert [jobs[a][0].sst.lambda_kd for a in ("C", "CK", "D")] == [0.0, 0.5, 0.5]  # C: no distillation
     every = [j for js in jobs.values() for j in js]
     assert {j.train.seed for j in every} == {1} and {j.data.seed for j in every} == {1}
     assert {(j.train.epochs, j.data.epoch_size, j.model.backbone) for j in every} == {(2, 16, "tiny")}
     assert len({j.train.name for j in every}) == len(every)  # separate checkpoints per model
+    with pytest.raises(ValueError, match="arm"):
+        bench.arm_jobs(base, "E", seed=1)
+    with pytest.raises(ValueError, match="lambda_kd"):
+        bench.arm_jobs(tiny_job("/shards", tmp_path), "CK", seed=1)
 
 
 def test_association_recovery_is_exact_for_the_true_matrices(tiny_shards, tmp_path):
@@ -57,6 +65,28 @@ def test_report_table_and_param_check():
 
 
 def test_step_time_ratio_measures_both(tmp_path):
-    job = tiny_job("/shards", tmp_path)
-    b, c = bench.step_time_ratio(job, steps=2, batch=2)
+    job = tiny_job("/shards", tmp_path, data={"batch_size": 2})
+    b, c = bench.step_time_ratio(job, steps=2)
     assert b > 0 and c > 0
+
+
+def test_write_report(tmp_path):
+    """The report holds the command, the table, C's association summary, the step times and C's heatmaps."""
+    job = tiny_job("/shards", tmp_path)
+    domains = load_domains()
+    runs = []
+    for seed in (0, 1):
+        for arm in "BC":
+            r = bench.ArmRun(arm, seed, params=130)
+            r.miou = r.miou_flip = {d: 0.2 + 0.01 * seed for d in bench.DOMAINS}
+            if arm == "C":
+                eye = np.eye(domains["syn_lip"].num_classes, domains["syn_ppp"].num_classes)
+                r.assoc, r.assoc_pairs = {"tv": 0.1, "argmax_agreement": 0.9}, {("syn_lip", "syn_ppp"): (eye, eye)}
+            runs.append(r)
+    text = bench.write_report(tmp_path, job, runs, {"tiny, crop 64, batch 4": (0.1, 0.11)}, 90.0, "python x --y")
+    assert (tmp_path / "report.md").read_text() == text
+    assert "`python x --y`, 2 min" in text and "seeds [0, 1]" in text
+    assert "| C | 20.5 ± 0.5 |" in text and "argmax agreement 90.0%" in text
+    assert "- tiny, crop 64, batch 4: B 100 ms, C 110 ms, C/B 1.10" in text
+    assert (tmp_path / "association_syn_lip_to_syn_ppp.png").stat().st_size > 0
+    assert "![association_syn_lip_to_syn_ppp](association_syn_lip_to_syn_ppp.png)" in text

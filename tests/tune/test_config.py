@@ -74,5 +74,8 @@ def test_overrides_reach_the_sweep_and_the_job():
     sweep, job = load_sweep(path, ["search.num_samples=3", "job.train.epochs=1", "job.sst.lambda_mse=0.5"])
     assert sweep.search.num_samples == 3 and job.train.epochs == 1 and job.sst.lambda_mse == 0.5
     assert isinstance(sweep.space.lr, Range) and isinstance(Fixed(fixed=1.0), Fixed)
-    with pytest.raises(ConfigError, match="lambda_kd"):  # distillation only exists in dedicated mode
-        load_sweep(path, ["space.lambda_kd.fixed=0.5"])
+    with pytest.raises(ConfigError, match="lambda_kd"):  # no SST, no distillation
+        load_sweep(path, ["space.lambda_kd.fixed=0.5", "job.sst.enabled=false"])
+    assert load_sweep(path, ["space.lambda_kd.fixed=0.5"])[0].space.lambda_kd.fixed == 0.5  # universal KD
+    with pytest.raises(ConfigError, match="val_every"):
+        load_sweep(path, ["job.train.val_every=2"])

@@ -10,16 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from sstparse.data.synth import render, sample_rng
 from sstparse.domains import LabelDomain
+from sstparse.evaluate import confusion_matrix, scores
 
 LEVELS = 16
 
 
 @dataclass(frozen=True)
 class ColourBaseline:
-    miou: float                          # over classes present in val
+    miou: float                          # val mIoU, the same definition as every model score (evaluate.scores)
     left_right_accuracy: dict[str, float]  # per flip pair: accuracy telling left from right by colour alone
 
 
@@ -40,13 +42,11 @@ def colour_only_baseline(domain: LabelDomain, n_train: int = 300, n_val: int = 1
     counts = np.zeros((LEVELS ** 3, c), np.int64)
     np.add.at(counts, (x, y), 1)
     pred = counts.argmax(1)[xv]
-    cm = np.bincount(yv * c + pred, minlength=c * c).reshape(c, c)
-    present = cm.sum(1) > 0
-    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
+    miou = scores(confusion_matrix(torch.from_numpy(pred), torch.from_numpy(yv), c))["miou"]
     lr = {}
     for a, b in domain.flip_pairs:
         m = (yv == a) | (yv == b)
         if m.any():
             says_a = (counts[:, a] >= counts[:, b])[xv[m]]
             lr[f"{domain.classes[a]}/{domain.classes[b]}"] = float((says_a == (yv[m] == a)).mean())
-    return ColourBaseline(float(iou[present].mean()), lr)
+    return ColourBaseline(miou, lr)

@@ -8,7 +8,7 @@
   number of domains a batch happens to hold. Per-domain means are returned for logging.
 * L_mse = KL(relation target || learned relation attention) + pixel-to-prototype CE (see sst.py).
 * L_mst = transfer NLL (below): P_b @ M(b->a) must explain domain a's labels, for every b != a.
-* L_kd (dedicated mode, target t): on pixels of every other domain a, head t at temperature T is distilled towards
+* L_kd (dedicated mode: the target t; universal mode: every head t, averaged): on pixels of every other domain a, head t at temperature T is distilled towards
   ``mean_{b != t} P_b @ M(b->t)`` where P_b is head b's softened prediction -- or, for b = a, the ground truth
   one-hot, which is how a's *labels* reach t through M(a->t). The teacher is detached: distillation trains head t,
   not the associations or the other heads. Scaled by T^2 as in Hinton et al. so gradients do not shrink with T.
@@ -36,7 +36,7 @@ class SSTLossWeights:
 
     lambda_mse: weight of MSE (relation KL + pixel-to-prototype CE).
     lambda_mst: weight of MST (cross-domain transfer NLL).
-    lambda_kd: weight of dedicated-mode distillation into the target head (0 in universal mode).
+    lambda_kd: weight of distillation: into the target head (dedicated mode) or every head (universal mode).
     temperature: T of the distillation softmax (> 0).
     """
 

@@ -21,7 +21,9 @@ Our formulation (docs/sst.md has the full account and where it departs from DESI
   pulled together across domains); head b's probabilities are detached by default (``transfer_to_heads``: with
   them trainable, head b and M(b->a) can co-adapt into a permuted solution -- docs/sst.md has the measurement).
   Pairs whose target domain is absent from a batch enter with weight zero, so DDP sees every parameter every step.
-* Dedicated mode (``target_domain``): distillation into the target head through M(*->t) (losses.distillation_loss).
+* KD (losses.distillation_loss): on the other domains' images, head t learns from their labels (and the other
+  heads) mapped through M(*->t). Dedicated mode (``target_domain``) distils into the target head; universal mode
+  with ``lambda_kd > 0`` into every head (the mean over heads).
 
 Memories are buffers (saved in checkpoints); their batch statistics are all-reduced under torch.distributed, so
 every rank keeps the same memory. None of this is part of the exported network (:func:`inference_model`).
@@ -298,7 +300,7 @@ class SSTModel(nn.Module):
     images (B, 3, H, W) float; labels (B, H, W) uint8/long, values outside the sample's domain (255) ignored;
     domain_idx (B,) long into ``domain_names`` (the parser's head order). Every head runs on every sample.
     Returned: ``loss``, ``ce``, ``ce/<domain>`` (present domains), ``mse``, ``mse/*``, ``mst``, ``mst/*``, ``kd``
-    (dedicated mode), ``assoc`` ({(a, b): M(a->b)}) and ``logits`` (every head on the stride-4 grid).
+    (dedicated mode, or universal with ``lambda_kd > 0``), ``assoc`` ({(a, b): M(a->b)}) and ``logits`` (every head on the stride-4 grid).
     """
 
     def __init__(self, parser: HumanParser, sst: SSTModules | None = None,
@@ -316,6 +318,16 @@ class SSTModel(nn.Module):
     def domain_names(self) -> list[str]:
         return self.parser.domain_names
 
+    def distillation_targets(self) -> list[str]:
+        """Heads that KD trains: the target (dedicated mode, even at weight 0, so the graph never changes with
+        a tuned weight) or, in universal mode with ``lambda_kd > 0``, every head -- each learns from the other
+        domains' labels through M(*->t) on their images."""
+        if self.target_domain is not None:
+            return [self.target_domain]
+        if self.sst is None or self.sst.mst is None or self.weights.lambda_kd == 0:
+            return []
+        return list(self.domain_names)
+
     def forward(self, images: Tensor, labels: Tensor, domain_idx: Tensor) -> dict[str, Any]:
         domain_idx = domain_idx.long()
         feats = self.parser.forward_features(images)
@@ -328,9 +340,10 @@ class SSTModel(nn.Module):
             # Nearest resampling keeps labels categorical (and IGNORE intact) on the stride-4 grid.
             grid = F.interpolate(y[:, None].float(), size=feats.pixels.shape[-2:], mode="nearest")[:, 0].long()
             out.update(self.sst(feats, logits, grid, domain_idx))
-            if self.target_domain is not None:
-                out["kd"] = L.distillation_loss(logits, grid, domain_idx, out["assoc"], self.target_domain,
-                                                self.weights.temperature)
+            targets = self.distillation_targets()
+            if targets:
+                out["kd"] = torch.stack([L.distillation_loss(logits, grid, domain_idx, out["assoc"], t,
+                                                             self.weights.temperature) for t in targets]).mean()
         out["loss"] = L.total_loss(out, self.weights)
         out["logits"] = logits
         return out

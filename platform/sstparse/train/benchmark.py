@@ -4,7 +4,8 @@ Arms, every one trained with the same backbone, seed set and number of optimisat
 
 * A: one single-domain model per domain (mode single);
 * B: the plain multi-domain network, one head per domain, no SST modules (sst.enabled=false);
-* C: SST universal;
+* C: SST universal (MSA, MSE, MST; no distillation);
+* CK (optional): SST universal with KD into every head (``lambda_kd`` > 0, see docs/sst.md);
 * D: SST dedicated to syn_ppp (the scarce domain), distilling from the others.
 
 Per arm and seed: per-domain validation mIoU without TTA and with flip TTA (the best checkpoint, re-scored here
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sstparse import tracking
+from sstparse import plots, tracking
 from sstparse.data.augment import normalize
 from sstparse.data.preview import samples
 from sstparse.data.shards import read_manifest
@@ -38,6 +39,7 @@ from sstparse.train.trainer import fit, load_checkpoint_model
 
 DOMAINS = ("syn_lip", "syn_cihp", "syn_atr", "syn_ppp")
 TARGET = "syn_ppp"
+ARMS = ("A", "B", "C", "CK", "D")
 
 
 @dataclass
@@ -55,16 +57,22 @@ class ArmRun:
 
 
 def arm_jobs(base: JobConfig, arm: str, seed: int) -> list[JobConfig]:
-    """The training jobs of one arm (A has one per domain; the others one)."""
-    def job(mode: str, target: str | None, sst: bool, name: str) -> JobConfig:
+    """The training jobs of one arm (A has one per domain; the others one). ``base.sst.lambda_kd`` is D's (and
+    CK's) distillation weight; C trains without KD."""
+    def job(mode: str, target: str | None, sst: bool, name: str, kd: float = base.sst.lambda_kd) -> JobConfig:
         return base.model_copy(update={
             "train": base.train.model_copy(update={"mode": mode, "target": target, "seed": seed,
                                                    "name": f"{base.train.name or 'bench'}-{name}-s{seed}"}),
-            "sst": base.sst.model_copy(update={"enabled": sst}),
+            "sst": base.sst.model_copy(update={"enabled": sst, "lambda_kd": kd}),
             "data": base.data.model_copy(update={"seed": seed})})
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; arms: {list(ARMS)}")
+    if arm == "CK" and base.sst.lambda_kd == 0:
+        raise ValueError("arm CK distils into every head: set sst.lambda_kd > 0")
     if arm == "A":
         return [job("single", d, False, f"A-{d}") for d in DOMAINS]
-    return [{"B": lambda: job("universal", None, False, "B"), "C": lambda: job("universal", None, True, "C"),
+    return [{"B": lambda: job("universal", None, False, "B"), "C": lambda: job("universal", None, True, "C", 0.0),
+             "CK": lambda: job("universal", None, True, "CK"),
              "D": lambda: job("dedicated", TARGET, True, "D")}[arm]()]
 
 
@@ -86,7 +94,7 @@ def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = No
         out.params += count_params(exported)
         out.flops += count_flops(exported, x)
         out.latency_ms += latency(exported, x, latency_runs)
-        if arm == "C":
+        if arm in ("C", "CK"):
             out.assoc, out.assoc_pairs = association_recovery(job, ckpt)
         if result.run_id:
             tracking.log_metrics(job.tracking, result.run_id, {
@@ -138,13 +146,14 @@ def association_recovery(job: JobConfig, ckpt: Path) -> tuple[dict[str, float], 
     return {"tv": float(np.mean(tvs)), "argmax_agreement": float(np.mean(agree))}, pairs
 
 
-def step_time_ratio(base: JobConfig, steps: int = 10, batch: int = 8) -> tuple[float, float]:
+def step_time_ratio(base: JobConfig, steps: int = 10) -> tuple[float, float]:
     """Seconds per training step (forward + backward) of B (plain) and C (SST) on the same batch, interleaved."""
     domains = [load_domains()[d] for d in DOMAINS]
     torch.manual_seed(0)
-    c = build_sst_model(base.model.parser_config(), domains, base.sst.sst_config(), base.sst.loss_weights()).train()
+    sst = arm_jobs(base, "C", 0)[0].sst
+    c = build_sst_model(base.model.parser_config(), domains, sst.sst_config(), sst.loss_weights()).train()
     b = build_sst_model(base.model.parser_config(), domains, None).train()
-    size = base.data.crop_size
+    size, batch = base.data.crop_size, base.data.batch_size
     x = torch.randn(batch, 3, size, size)
     didx = torch.arange(batch) % len(domains)
     y = torch.stack([torch.randint(0, domains[i].num_classes, (size, size)) for i in didx.tolist()])
@@ -185,14 +194,17 @@ def report_table(runs: list[ArmRun]) -> str:
 
 
 def association_summary(runs: list[ArmRun]) -> str:
-    c = [r for r in runs if r.arm == "C" and r.assoc]
-    if not c:
-        return "no C run"
-    tv = [r.assoc["tv"] for r in c]
-    agree = [r.assoc["argmax_agreement"] for r in c]
-    return (f"C association recovery over {len(c)} seed(s): mean row TV distance {np.mean(tv):.3f} "
-            f"(seeds {', '.join(f'{v:.3f}' for v in tv)}), argmax agreement {100 * np.mean(agree):.1f}% "
-            f"(seeds {', '.join(f'{100 * v:.1f}%' for v in agree)})")
+    lines = []
+    for arm in ("C", "CK"):
+        c = [r for r in runs if r.arm == arm and r.assoc]
+        if not c:
+            continue
+        tv = [r.assoc["tv"] for r in c]
+        agree = [r.assoc["argmax_agreement"] for r in c]
+        lines.append(f"{arm} association recovery over {len(c)} seed(s): mean row TV distance {np.mean(tv):.3f} "
+                     f"(seeds {', '.join(f'{v:.3f}' for v in tv)}), argmax agreement {100 * np.mean(agree):.1f}% "
+                     f"(seeds {', '.join(f'{100 * v:.1f}%' for v in agree)})")
+    return "\n\n".join(lines) or "no SST universal run"
 
 
 def param_check(runs: list[ArmRun]) -> str:
@@ -207,3 +219,30 @@ def param_check(runs: list[ArmRun]) -> str:
         a = first["A"].params_by_model.get(TARGET)
         parts.append(f"D {first['D'].params:,} vs A's {TARGET} model {a:,} ({'equal' if a == first['D'].params else 'DIFFERENT'})")
     return "; ".join(parts)
+
+
+def write_report(out: Path, base: JobConfig, runs: list[ArmRun], steps: dict[str, tuple[float, float]],
+                 seconds: float, command: str) -> str:
+    """``out``/report.md (returned too) and C's association heatmaps beside it. ``steps``: model size -> seconds
+    per training step of (B, C)."""
+    domains = load_domains()
+    pictures = []
+    for r in [r for r in runs if r.arm == "C"][:1]:
+        for (a, b), (learned, true) in r.assoc_pairs.items():
+            if TARGET in (a, b):
+                pictures.append(plots.association_figure(learned, true, domains[a], domains[b],
+                                                         out / f"association_{a}_to_{b}.png"))
+    lines = [f"# SST benchmark ({time.strftime('%Y-%m-%d')})", "",
+             f"`{command}`, {seconds / 60:.0f} min; backbone {base.model.backbone}, {base.train.epochs} epochs x "
+             f"{base.data.epoch_size} samples, crop {base.data.crop_size}, seeds {sorted({r.seed for r in runs})}.",
+             "",
+             "Validation mIoU (%), mean ± half-range over seeds; params/GFLOPs/CPU ms of the exported network(s) "
+             "at 512x512 (A: the four single-domain models together).", "", report_table(runs), "",
+             association_summary(runs), "", param_check(runs), "",
+             "Training step time (forward + backward, one process, B and C interleaved on the same batch):", ""]
+    lines += [f"- {what}: B {1000 * b:.0f} ms, C {1000 * c:.0f} ms, C/B {c / b:.2f}" for what, (b, c) in steps.items()]
+    lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in pictures]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text

@@ -49,7 +49,8 @@ class SSTSettings(StrictModel):
     adjacency_radius: int = Field(1, ge=1, description="Classes this close (stride-4 px) count as touching.")
     lambda_mse: float = Field(0.1, ge=0, description="Weight of the intra-domain enhancement loss.")
     lambda_mst: float = Field(0.1, ge=0, description="Weight of the cross-domain transfer loss.")
-    lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation into the target (dedicated mode).")
+    lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation: into the target head (dedicated "
+                                                   "mode) or, when > 0, into every head (universal mode).")
     temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
 
     def sst_config(self) -> SSTConfig | None:
@@ -101,6 +102,8 @@ class TrainConfig(StrictModel):
     name: str | None = Field(None, description="Run name; reusing it with the same storage_path resumes.")
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by the objective).")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: inf).")
+    val_every: int = Field(1, ge=1, description="Validate (and checkpoint) every N epochs and after the last one; "
+                                                 "sweeps need 1 (ASHA compares the objective at every epoch).")
     val_flip: bool = Field(False, description="Flip TTA (with the domain's left/right swap) in validation.")
     val_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="Multi-scale TTA factors.")
     log_every: int = Field(20, ge=1, description="Training-loss log interval in steps.")

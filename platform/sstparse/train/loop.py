@@ -58,11 +58,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, job.train.epochs):
         t0 = time.perf_counter()
         train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored, rank)
-        val_metrics, matrices = validate(model, domains, job)
+        validated = (epoch + 1) % job.train.val_every == 0 or epoch + 1 == job.train.epochs
+        val_metrics, matrices = validate(model, domains, job) if validated else ({}, {})
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
         if run_id:
             tracking.log_metrics(job.tracking, run_id, metrics, step=epoch + 1)
-        report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank)
+        report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank, validated)
 
 
 def build_model(job: JobConfig, domains: list[LabelDomain]) -> SSTModel:
@@ -153,11 +154,13 @@ def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[st
     return metrics, matrices
 
 
-def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, matrices, run_id, rank) -> None:
-    """Every rank reports the same metrics; only rank 0 attaches the checkpoint (DDP replicas are identical)."""
+def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, matrices, run_id, rank,
+           validated: bool = True) -> None:
+    """Every rank reports the same metrics; only rank 0 attaches the checkpoint (DDP replicas are identical).
+    Checkpoints come with validated epochs only: they are ranked by the objective, a validation score."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
+        if rank == 0 and validated:
             save_checkpoint(Path(tmp), _unwrap(model), optimizer, scheduler, job, epoch, matrices, run_id, metrics)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         # Per-class IoUs go to MLflow and the checkpoint; Ray (and Tune's result tables) get the summary.

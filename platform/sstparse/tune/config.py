@@ -45,7 +45,8 @@ class SearchSpace(StrictModel):
 
     lambda_mse: Param | None = Field(None, description="sst.lambda_mse, intra-domain enhancement weight.")
     lambda_mst: Param | None = Field(None, description="sst.lambda_mst, cross-domain transfer weight.")
-    lambda_kd: Param | None = Field(None, description="sst.lambda_kd, distillation weight (dedicated mode).")
+    lambda_kd: Param | None = Field(None, description="sst.lambda_kd, distillation weight (universal or "
+                                                      "dedicated mode).")
     temperature: Param | None = Field(None, description="sst.temperature, distillation temperature T.")
     lr: Param | None = Field(None, description="optim.lr, peak learning rate.")
     domain_mix: Param | None = Field(
@@ -104,7 +105,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
     if not job_path.is_file():
         raise ConfigError(f"{path}: job: {sweep.job!r} not found (looked for {job_path})")
     job = load_yaml(JobConfig, job_path, sweep.job_overrides + list(job_smoke_overrides or []) + job_overrides)
-    if sweep.space.lambda_kd is not None and job.train.mode != "dedicated":
-        raise ConfigError(f"{path}: space.lambda_kd: distillation only acts in dedicated mode, the job is "
-                          f"{job.train.mode}")
+    if sweep.space.lambda_kd is not None and (job.train.mode == "single" or not job.sst.enabled):
+        raise ConfigError(f"{path}: space.lambda_kd: distillation needs SST and several domains, the job is "
+                          f"{job.train.mode} with sst.enabled={job.sst.enabled}")
+    if job.train.val_every != 1:
+        raise ConfigError(f"{path}: job.train.val_every: must be 1 in a sweep (the scheduler compares the "
+                          f"objective every epoch), got {job.train.val_every}")
     return sweep, job
