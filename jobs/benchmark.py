@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--arms", nargs="+", choices=bench.ARMS, default=["A", "B", "C", "D"],
-                    help="CK: universal SST with KD into every head (an ablation, not in the default run)")
+                    help="optional: A4 (A at one B's total steps), CK (universal SST with KD into every head)")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()

@@ -23,9 +23,12 @@ def test_arms_differ_only_in_mode_and_sst(tmp_path):
     assert (jobs["CK"][0].train.mode, jobs["CK"][0].sst.enabled) == ("universal", True)
     assert (jobs["D"][0].train.mode, jobs["D"][0].train.target) == ("dedicated", "syn_ppp")
     assert [jobs[a][0].sst.lambda_kd for a in ("C", "CK", "D")] == [0.0, 0.5, 0.5]  # C: no distillation
+    assert [j.train.target for j in jobs["A4"]] == list(bench.DOMAINS)
+    assert {j.data.epoch_size for j in jobs["A4"]} == {4}  # a quarter: the four models take one B's steps
     every = [j for js in jobs.values() for j in js]
     assert {j.train.seed for j in every} == {1} and {j.data.seed for j in every} == {1}
-    assert {(j.train.epochs, j.data.epoch_size, j.model.backbone) for j in every} == {(2, 16, "tiny")}
+    assert {(j.train.epochs, j.data.epoch_size, j.model.backbone) for j in every if j not in jobs["A4"]} == {
+        (2, 16, "tiny")}
     assert len({j.train.name for j in every}) == len(every)  # separate checkpoints per model
     with pytest.raises(ValueError, match="arm"):
         bench.arm_jobs(base, "E", seed=1)

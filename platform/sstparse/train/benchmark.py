@@ -3,6 +3,7 @@
 Arms, every one trained with the same backbone, seed set and number of optimisation steps:
 
 * A: one single-domain model per domain (mode single);
+* A4 (optional): A with a quarter of the steps per model, so the four models together take one B's steps;
 * B: the plain multi-domain network, one head per domain, no SST modules (sst.enabled=false);
 * C: SST universal (MSA, MSE, MST; no distillation);
 * CK (optional): SST universal with KD into every head (``lambda_kd`` > 0, see docs/sst.md);
@@ -39,7 +40,7 @@ from sstparse.train.trainer import fit, load_checkpoint_model
 
 DOMAINS = ("syn_lip", "syn_cihp", "syn_atr", "syn_ppp")
 TARGET = "syn_ppp"
-ARMS = ("A", "B", "C", "CK", "D")
+ARMS = ("A", "A4", "B", "C", "CK", "D")
 
 
 @dataclass
@@ -69,8 +70,12 @@ def arm_jobs(base: JobConfig, arm: str, seed: int) -> list[JobConfig]:
         raise ValueError(f"unknown arm {arm!r}; arms: {list(ARMS)}")
     if arm == "CK" and base.sst.lambda_kd == 0:
         raise ValueError("arm CK distils into every head: set sst.lambda_kd > 0")
-    if arm == "A":
-        return [job("single", d, False, f"A-{d}") for d in DOMAINS]
+    if arm in ("A", "A4"):
+        jobs = [job("single", d, False, f"{arm}-{d}") for d in DOMAINS]
+        if arm == "A4":  # equal compute: a quarter of the samples per epoch, same epochs and batch
+            jobs = [j.model_copy(update={"data": j.data.model_copy(
+                update={"epoch_size": max(1, j.data.epoch_size // len(DOMAINS))})}) for j in jobs]
+        return jobs
     return [{"B": lambda: job("universal", None, False, "B"), "C": lambda: job("universal", None, True, "C", 0.0),
              "CK": lambda: job("universal", None, True, "CK"),
              "D": lambda: job("dedicated", TARGET, True, "D")}[arm]()]
