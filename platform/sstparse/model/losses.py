@@ -8,10 +8,11 @@
   number of domains a batch happens to hold. Per-domain means are returned for logging.
 * L_mse = KL(relation target || learned relation attention) + pixel-to-prototype CE (see sst.py).
 * L_mst = transfer NLL (below): P_b @ M(b->a) must explain domain a's labels, for every b != a.
-* L_kd (dedicated mode: the target t; universal mode: every head t, averaged): on pixels of every other domain a, head t at temperature T is distilled towards
-  ``mean_{b != t} P_b @ M(b->t)`` where P_b is head b's softened prediction -- or, for b = a, the ground truth
-  one-hot, which is how a's *labels* reach t through M(a->t). The teacher is detached: distillation trains head t,
-  not the associations or the other heads. Scaled by T^2 as in Hinton et al. so gradients do not shrink with T.
+* L_kd (dedicated mode: the target t; universal mode: every head t, averaged): on pixels of every other domain a,
+  head t at temperature T is distilled towards ``mean_{b != t} P_b @ M(b->t)`` where P_b is head b's softened
+  prediction -- or, for b = a, the ground truth one-hot, which is how a's *labels* reach t through M(a->t). The
+  teacher is detached: distillation trains head t, not the associations or the other heads. Scaled by T^2 as in
+  Hinton et al. so gradients do not shrink with T.
 
 Heads whose domain is absent from a batch enter CE with weight zero (``0 * logits.sum()``) so that every
 parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (DESIGN.md section 6).

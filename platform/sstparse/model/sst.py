@@ -300,7 +300,8 @@ class SSTModel(nn.Module):
     images (B, 3, H, W) float; labels (B, H, W) uint8/long, values outside the sample's domain (255) ignored;
     domain_idx (B,) long into ``domain_names`` (the parser's head order). Every head runs on every sample.
     Returned: ``loss``, ``ce``, ``ce/<domain>`` (present domains), ``mse``, ``mse/*``, ``mst``, ``mst/*``, ``kd``
-    (dedicated mode, or universal with ``lambda_kd > 0``), ``assoc`` ({(a, b): M(a->b)}) and ``logits`` (every head on the stride-4 grid).
+    (dedicated mode, or universal with ``lambda_kd > 0``), ``assoc`` ({(a, b): M(a->b)}) and ``logits`` (every
+    head on the stride-4 grid).
     """
 
     def __init__(self, parser: HumanParser, sst: SSTModules | None = None,

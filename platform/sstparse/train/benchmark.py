@@ -194,7 +194,8 @@ def report_table(runs: list[ArmRun]) -> str:
                      if all(d in getattr(r, tta) for d in DOMAINS)]
             label = f"{arm}{' +flip' if tta == 'miou_flip' else ''}"
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {_stat(means) if means else '–'} | "
-                         f"{rs[0].params / 1e6:.3f} M | {rs[0].flops / 1e9:.2f} | {np.mean([r.latency_ms for r in rs]):.0f} |")
+                         f"{rs[0].params / 1e6:.3f} M | {rs[0].flops / 1e9:.2f} | "
+                         f"{np.mean([r.latency_ms for r in rs]):.0f} |")
     return "\n".join(lines)
 
 
@@ -222,7 +223,8 @@ def param_check(runs: list[ArmRun]) -> str:
                      f"({'equal' if first['B'].params == first['C'].params else 'DIFFERENT'})")
     if "A" in first and "D" in first:
         a = first["A"].params_by_model.get(TARGET)
-        parts.append(f"D {first['D'].params:,} vs A's {TARGET} model {a:,} ({'equal' if a == first['D'].params else 'DIFFERENT'})")
+        same = "equal" if a == first["D"].params else "DIFFERENT"
+        parts.append(f"D {first['D'].params:,} vs A's {TARGET} model {a:,} ({same})")
     return "; ".join(parts)
 
 
