@@ -91,9 +91,7 @@ def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = No
         _, model, _ = load_checkpoint_model(ckpt)
         exported = inference_model(model)
         for name in exported.domain_names:
-            domain = load_domains()[name]
-            out.miou[name] = score(exported, domain, job, TTA())
-            out.miou_flip[name] = score(exported, domain, job, TTA(flip=True))
+            out.miou[name], out.miou_flip[name] = score(exported, load_domains()[name], job, (TTA(), TTA(flip=True)))
         x = torch.randn(1, 3, 512, 512)
         out.params_by_model[job.train.target or arm] = count_params(exported)
         out.params += count_params(exported)
@@ -111,14 +109,16 @@ def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = No
 
 
 @torch.no_grad()
-def score(parser, domain: LabelDomain, job: JobConfig, tta: TTA) -> float:
-    """mIoU of one head on every validation image of its domain."""
-    ev = DomainEvaluator(domain, tta)
+def score(parser, domain: LabelDomain, job: JobConfig, ttas: tuple[TTA, ...]) -> list[float]:
+    """mIoU of one head on every validation image of its domain, one per TTA (each image decoded once)."""
+    evs = [DomainEvaluator(domain, tta) for tta in ttas]
     for image, label_map in samples(job.data.root_of(domain.name), domain.name, "val",
                                     storage_options=job.data.storage_options):
         label = torch.from_numpy(label_map.astype(np.int64))[None]
-        ev.update(lambda x: parser(x, domain.name), torch.from_numpy(normalize(image))[None], label)
-    return float(ev.compute(reduce=False)["miou"])
+        x = torch.from_numpy(normalize(image))[None]
+        for ev in evs:
+            ev.update(lambda x: parser(x, domain.name), x, label)
+    return [float(ev.compute(reduce=False)["miou"]) for ev in evs]
 
 
 @torch.no_grad()
