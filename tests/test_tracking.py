@@ -50,3 +50,14 @@ def test_tracking_uri_comes_from_the_environment_unless_set(monkeypatch):
     assert TrackingConfig().tracking_uri == "http://mlflow:5000" and TrackingConfig().artifact_location is None
     explicit = TrackingConfig(tracking_uri="sqlite:///x.db", artifact_location="s3://b/a")
     assert (explicit.tracking_uri, explicit.artifact_location) == ("sqlite:///x.db", "s3://b/a")
+
+
+def test_reopen_run_resumes_a_closed_run(tmp_path):
+    cfg = _cfg(tmp_path)
+    run = tracking.start_run(cfg, "trial_b")
+    tracking.end_run(cfg, run, "FAILED")
+    tracking.reopen_run(cfg, run)
+    assert tracking.run_status(cfg, run) == "RUNNING"
+    tracking.reopen_run(cfg, run)  # already running: left as it is
+    tracking.end_run(cfg, run)
+    assert tracking.run_status(cfg, run) == "FINISHED"

@@ -45,8 +45,8 @@ class TrackingConfig(StrictModel):
     """Where runs, artifacts and registered models go."""
 
     tracking_uri: str = Field(default_factory=_default_tracking_uri,
-                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on clusters. "
-                                          "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db.")
+                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on "
+                                          "clusters. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db.")
     experiment: str = Field("sstparse", description="Experiment name; created on first use.")
     artifact_location: str | None = Field(
         default_factory=_default_artifact_location,
@@ -240,6 +240,13 @@ def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(cfg)
     for k, v in tags.items():
         c.set_tag(run_id, k, str(v))
+
+
+def reopen_run(cfg: TrackingConfig, run_id: str) -> None:
+    """Mark a run RUNNING again, as ``mlflow.start_run(run_id=...)`` does when it resumes one: whatever ended it
+    (a trial marked FAILED when its sweep was interrupted, a finished job submitted again) is being resumed now."""
+    if run_status(cfg, run_id) != "RUNNING":
+        client(cfg).update_run(run_id, status="RUNNING")
 
 
 def run_status(cfg: TrackingConfig, run_id: str) -> str:

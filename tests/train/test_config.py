@@ -75,4 +75,5 @@ def test_relative_paths_are_resolved_for_workers(tmp_path, monkeypatch):
     assert fixed.tracking.artifact_location == str(tmp_path / "mlruns-artifacts")
     s3 = validate(JobConfig, {"data": {"root": "s3://b/p", "domain_mix": {"syn_lip": 1.0}},
                               "tracking": {"tracking_uri": "http://mlflow:5000"}}, "job.yaml")
-    assert absolute_paths(s3).data.root == "s3://b/p" and absolute_paths(s3).tracking.tracking_uri == "http://mlflow:5000"
+    resolved = absolute_paths(s3)
+    assert resolved.data.root == "s3://b/p" and resolved.tracking.tracking_uri == "http://mlflow:5000"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sstparse import tracking
-from sstparse.train.trainer import fit
+from sstparse.train.trainer import fit, recorded_run
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
@@ -22,6 +22,17 @@ def _runs(job, name):
 
 def _history(job, run_id, key):
     return [(m.step, m.value) for m in tracking.client(job.tracking).get_metric_history(run_id, key)]
+
+
+def test_recorded_run_is_reused_and_reopened(tmp_path):
+    # A sweep interrupted mid-trial can leave the trial's run FAILED; the restored trial must log into it, open.
+    cfg = tracking.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", experiment="t")
+    first = recorded_run(cfg, str(tmp_path / "train"), "trial_a")
+    assert (tmp_path / "train" / "trial_a" / "mlflow_run_id").read_text() == first
+    tracking.end_run(cfg, first, "FAILED")
+    assert recorded_run(cfg, str(tmp_path / "train"), "trial_a") == first
+    assert tracking.run_status(cfg, first) == "RUNNING"
+    assert recorded_run(cfg, str(tmp_path / "train"), "trial_b") != first
 
 
 def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path):

@@ -75,9 +75,12 @@ def recorded_run(cfg: tracking.TrackingConfig, storage_path: str, name: str, par
     """The MLflow run recorded at ``<storage_path>/<name>/mlflow_run_id``, or a new run, recorded there.
 
     Keyed by storage so that whatever resumes from that storage (a FailureConfig restart, the same job submitted
-    again, a restored Tune sweep) appends to the same run."""
+    again, a restored Tune sweep) appends to the same run, which is RUNNING again from here on."""
     recorded = recorded_run_id(storage_path, name)
     if recorded:
+        # An interrupted sweep can leave a trial's run FAILED (its fit() saw the TorchTrainer torn down); without
+        # reopening, the resumed trial would log into a closed run and the sweep would never close it.
+        tracking.reopen_run(cfg, recorded)
         return recorded
     fs, base = storage_filesystem(storage_path)
     marker = posixpath.join(base, name, "mlflow_run_id")

@@ -235,11 +235,12 @@ def log_best(best: dict[str, Any], sweep: SweepConfig, job: JobConfig, out: Path
 
 
 def close_child_runs(rows: list[dict[str, Any]], best: dict[str, Any] | None, job: JobConfig) -> None:
-    """Trials leave their runs open (finalize closed the best one): completed ones end FINISHED, those ASHA
-    stopped KILLED (tagged), errored ones FAILED."""
+    """Completed trials end FINISHED, those ASHA stopped KILLED, errored ones FAILED (tagged with why);
+    finalize closed the best one. The sweep's word is final: Tune stops a trial as soon as ASHA decides (at max_t
+    too, right after the last report), and the trial's fit() may then have marked its own run FAILED."""
     status = {"completed": "FINISHED", "stopped early": "KILLED", "error": "FAILED"}
     for r in rows:
-        if r["run_id"] and r is not best and tracking.run_status(job.tracking, r["run_id"]) == "RUNNING":
+        if r["run_id"] and r is not best and tracking.run_status(job.tracking, r["run_id"]) != status[r["status"]]:
             tracking.set_tags(job.tracking, r["run_id"], {"sweep.status": r["status"]})
             tracking.end_run(job.tracking, r["run_id"], status[r["status"]])
 
