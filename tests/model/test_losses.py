@@ -54,7 +54,7 @@ def test_distillation_matches_hand_computation_and_trains_only_the_target_head()
     zt = torch.randn(1, 3, 2, 2, requires_grad=True)
     y = torch.tensor([[[0, 4], [5, L.IGNORE]]])
     m = torch.softmax(torch.randn(6, 3), 1)
-    kd = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([0]), {("a", "t"): m}, "t", temperature=2.0)
+    kd = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([0]), {("a", "t"): m}, ["t"], temperature=2.0)
     # Teacher on a's labelled pixels: a's ground truth mapped through M(a->t).
     valid = y.flatten() != L.IGNORE
     teacher = m[y.flatten()[valid]]
@@ -64,8 +64,41 @@ def test_distillation_matches_hand_computation_and_trains_only_the_target_head()
     kd.backward()
     assert za.grad is None and zt.grad is not None  # the teacher is detached
     # No sample from another domain: nothing to distil.
-    zero = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([1]), {("a", "t"): m}, "t", 2.0)
+    zero = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([1]), {("a", "t"): m}, ["t"], 2.0)
     assert zero.item() == 0.0
+
+
+def test_distillation_into_every_head_is_the_mean_of_per_target_losses():
+    """Universal KD shares each source head's soft prediction between targets; per target it must still be
+    KL(mean_{b != t} P_b @ M(b->t) || P_t) on other domains' labelled pixels, with b's ground truth on b's images."""
+    torch.manual_seed(2)
+    sizes, temperature = {"a": 4, "b": 3, "c": 5}, 1.5
+    logits = {k: torch.randn(3, c, 4, 4) for k, c in sizes.items()}
+    d = torch.tensor([0, 1, 2])
+    y = torch.stack([torch.randint(0, c, (4, 4)) for c in sizes.values()])
+    y[0, 0, 0] = L.IGNORE
+    assoc = {(a, b): torch.softmax(torch.randn(sizes[a], sizes[b]), 1) for a in sizes for b in sizes if a != b}
+    names = list(sizes)
+
+    def by_hand(t):
+        total = 0.0
+        for i in (i for i in range(3) if names[i] != t):
+            teacher = 0.0
+            for b in (b for b in names if b != t):
+                p = F.softmax(logits[b][i] / temperature, 0)
+                if names[i] == b:
+                    p = F.one_hot(y[i].clamp_min(0), sizes[b]).permute(2, 0, 1).float()
+                teacher = teacher + torch.einsum("jhw,jk->khw", p, assoc[(b, t)]) / 2
+            log_s = F.log_softmax(logits[t][i] / temperature, 0)
+            kl = (teacher * (teacher.log() - log_s)).sum(0)
+            total = total + kl[y[i] != L.IGNORE].sum()
+        count = sum(int((y[i] != L.IGNORE).sum()) for i in range(3) if names[i] != t)
+        return total / count * temperature ** 2
+
+    each = [L.distillation_loss(logits, y, d, assoc, [t], temperature) for t in names]
+    assert all(torch.allclose(e, by_hand(t), atol=1e-5) for e, t in zip(each, names))
+    both = L.distillation_loss(logits, y, d, assoc, names, temperature)
+    assert torch.allclose(both, torch.stack(each).mean(), atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["mixed", "one_domain", "all_ignored", "one_image", "dedicated", "universal_kd"])

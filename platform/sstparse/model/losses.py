@@ -22,7 +22,7 @@ Labels use -100 for "no supervision" here; the callers map 255 / out-of-range va
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,28 +125,44 @@ def kl_rows(target: Tensor, log_pred: Tensor, weight: Tensor) -> Tensor:
 
 
 def distillation_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor,
-                      assoc: Mapping[tuple[str, str], Tensor], target: str, temperature: float) -> Tensor:
-    """Dedicated-mode KD into head ``target`` on the labelled pixels of every other domain's images."""
+                      assoc: Mapping[tuple[str, str], Tensor], targets: Sequence[str], temperature: float) -> Tensor:
+    """KD into each head of ``targets`` (one in dedicated mode, every head in universal mode), averaged, on the
+    labelled pixels of every other domain's images. Each source head's softened prediction is computed once per
+    batch and shared by all targets (recomputing it per target cost D x (D - 1) softmaxes in universal mode)."""
     names = list(logits)
-    kt = names.index(target)
+    sources = [b for b in names if any(b != t for t in targets)]
+    soft = _soft_predictions(logits, labels, domain_idx, sources, temperature)
+    return torch.stack([_distil_into(t, logits, soft, labels, domain_idx, assoc, temperature)
+                        for t in targets]).mean()
+
+
+@torch.no_grad()
+def _soft_predictions(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor, heads: Sequence[str],
+                      temperature: float) -> dict[str, Tensor]:
+    """Head b's prediction at temperature T on every image -- except on the labelled pixels of b's own domain's
+    images, where its ground truth (one-hot) is better than its head. Detached: the teacher trains nothing."""
+    valid = labels != IGNORE
+    out = {}
+    for kb, b in enumerate(logits):
+        if b in heads:
+            p = F.softmax(logits[b].float() / temperature, dim=1)
+            own = (domain_idx == kb).view(-1, 1, 1) & valid
+            onehot = F.one_hot(torch.where(own, labels, 0), p.shape[1]).permute(0, 3, 1, 2).float()
+            out[b] = torch.where(own[:, None], onehot, p)
+    return out
+
+
+def _distil_into(target: str, logits: Mapping[str, Tensor], soft: Mapping[str, Tensor], labels: Tensor,
+                 domain_idx: Tensor, assoc: Mapping[tuple[str, str], Tensor], temperature: float) -> Tensor:
+    names = list(logits)
     zt = logits[target]
-    idx = torch.nonzero(domain_idx != kt).flatten()
+    idx = torch.nonzero(domain_idx != names.index(target)).flatten()
     if idx.numel() == 0 or len(names) < 2:
         return zt.sum() * 0.0
-    y = labels[idx]
-    valid = y != IGNORE
+    valid = labels[idx] != IGNORE
     with torch.no_grad():
-        teacher = zt.new_zeros((idx.numel(), zt.shape[1], *zt.shape[-2:]), dtype=torch.float32)
-        for kb, b in enumerate(names):
-            if b == target:
-                continue
-            p = F.softmax(logits[b][idx].float() / temperature, dim=1)
-            # The image's own domain: its ground truth is better than its head; use it where labelled.
-            own = (domain_idx[idx] == kb).view(-1, 1, 1) & valid
-            onehot = F.one_hot(torch.where(own, y, 0), p.shape[1]).permute(0, 3, 1, 2).float()
-            p = torch.where(own[:, None], onehot, p)
-            teacher += torch.einsum("bjhw,jk->bkhw", p, assoc[(b, target)].float())
-        teacher /= len(names) - 1
+        teacher = sum(torch.einsum("bjhw,jk->bkhw", soft[b][idx], assoc[(b, target)].float())
+                      for b in names if b != target) / (len(names) - 1)
     log_student = F.log_softmax(zt[idx].float() / temperature, dim=1)
     t = teacher.permute(0, 2, 3, 1)[valid]
     s = log_student.permute(0, 2, 3, 1)[valid]

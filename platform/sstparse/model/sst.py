@@ -343,8 +343,8 @@ class SSTModel(nn.Module):
             out.update(self.sst(feats, logits, grid, domain_idx))
             targets = self.distillation_targets()
             if targets:
-                out["kd"] = torch.stack([L.distillation_loss(logits, grid, domain_idx, out["assoc"], t,
-                                                             self.weights.temperature) for t in targets]).mean()
+                out["kd"] = L.distillation_loss(logits, grid, domain_idx, out["assoc"], targets,
+                                                self.weights.temperature)
         out["loss"] = L.total_loss(out, self.weights)
         out["logits"] = logits
         return out
