@@ -130,44 +130,48 @@ def distillation_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: 
     labelled pixels of every other domain's images. Each source head's softened prediction is computed once per
     batch and shared by all targets (recomputing it per target cost D x (D - 1) softmaxes in universal mode)."""
     names = list(logits)
+    # Only images some target learns on need a teacher: in dedicated mode, not the target domain's own images.
+    rows = torch.nonzero(torch.stack([domain_idx != names.index(t) for t in targets]).any(0)).flatten()
+    labels, domain_idx = labels[rows], domain_idx[rows]
     sources = [b for b in names if any(b != t for t in targets)]
-    soft = _soft_predictions(logits, labels, domain_idx, sources, temperature)
-    return torch.stack([_distil_into(t, logits, soft, labels, domain_idx, assoc, temperature)
+    soft = _soft_predictions(logits, rows, labels, domain_idx, sources, temperature)
+    return torch.stack([_distil_into(t, names, logits[t][rows], soft, labels, domain_idx, assoc, temperature)
                         for t in targets]).mean()
 
 
 @torch.no_grad()
-def _soft_predictions(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor, heads: Sequence[str],
-                      temperature: float) -> dict[str, Tensor]:
-    """Head b's prediction at temperature T on every image -- except on the labelled pixels of b's own domain's
-    images, where its ground truth (one-hot) is better than its head. Detached: the teacher trains nothing."""
+def _soft_predictions(logits: Mapping[str, Tensor], rows: Tensor, labels: Tensor, domain_idx: Tensor,
+                      heads: Sequence[str], temperature: float) -> dict[str, Tensor]:
+    """Head b's prediction at temperature T on the images ``rows`` (``labels`` and ``domain_idx`` are theirs) --
+    except on the labelled pixels of b's own domain's images, where its ground truth (one-hot) is better than its
+    head. Detached: the teacher trains nothing."""
     valid = labels != IGNORE
     out = {}
     for kb, b in enumerate(logits):
         if b in heads:
-            p = F.softmax(logits[b].float() / temperature, dim=1)
+            p = F.softmax(logits[b][rows].float() / temperature, dim=1)
             own = (domain_idx == kb).view(-1, 1, 1) & valid
             onehot = F.one_hot(torch.where(own, labels, 0), p.shape[1]).permute(0, 3, 1, 2).float()
             out[b] = torch.where(own[:, None], onehot, p)
     return out
 
 
-def _distil_into(target: str, logits: Mapping[str, Tensor], soft: Mapping[str, Tensor], labels: Tensor,
+def _distil_into(target: str, names: Sequence[str], zt: Tensor, soft: Mapping[str, Tensor], labels: Tensor,
                  domain_idx: Tensor, assoc: Mapping[tuple[str, str], Tensor], temperature: float) -> Tensor:
-    names = list(logits)
-    zt = logits[target]
-    idx = torch.nonzero(domain_idx != names.index(target)).flatten()
-    if idx.numel() == 0 or len(names) < 2:
+    """KD into head ``target`` (its logits ``zt``) on the images ``soft``, ``labels`` and ``domain_idx`` cover."""
+    # Labelled pixels of the other domains' images (a mask, not a gather: in dedicated mode that is every image).
+    # None (a batch of the target's images only) gives 0 through kl_rows, still connected to the head.
+    keep = (labels != IGNORE) & (domain_idx != names.index(target)).view(-1, 1, 1)
+    if len(names) < 2:
         return zt.sum() * 0.0
-    valid = labels[idx] != IGNORE
     with torch.no_grad():
-        teacher = sum(torch.einsum("bjhw,jk->bkhw", soft[b][idx], assoc[(b, target)].float())
-                      for b in names if b != target) / (len(names) - 1)
-    log_student = F.log_softmax(zt[idx].float() / temperature, dim=1)
-    t = teacher.permute(0, 2, 3, 1)[valid]
-    s = log_student.permute(0, 2, 3, 1)[valid]
-    if t.shape[0] == 0:
-        return zt.sum() * 0.0
+        teacher = zt.new_zeros(zt.shape, dtype=torch.float32)
+        for b in (b for b in names if b != target):
+            teacher += torch.einsum("bjhw,jk->bkhw", soft[b], assoc[(b, target)].float())
+        teacher /= len(names) - 1
+    log_student = F.log_softmax(zt.float() / temperature, dim=1)
+    t = teacher.permute(0, 2, 3, 1)[keep]
+    s = log_student.permute(0, 2, 3, 1)[keep]
     return kl_rows(t, s, torch.ones(t.shape[0], device=t.device)) * temperature ** 2
 
 
