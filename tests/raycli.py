@@ -5,6 +5,7 @@ user, the test session's own included)."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,13 +22,44 @@ RAY = str(BIN / "ray")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
+# Ports are chosen outside the kernel's ephemeral range and above Ray's worker port range (10002-19999): a port chosen
+# by bind(0) is itself ephemeral, and any process that binds port 0 between our choice and its use (the head's
+# raylet, the worker node's own raylet) can be handed it. A worker node whose agent finds its port taken never
+# registers, and its `ray start` gives up after 30 s: CI's failure once, reproduced here by holding that port.
+_LOW_PORT = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _fixed_port_pool() -> list[int]:
+    """Ports above Ray's worker range and outside the ephemeral range, in a random order."""
+    low, high = _ephemeral_range()
+    pool = [p for p in range(_LOW_PORT, 65536) if not low <= p <= high]
+    random.SystemRandom().shuffle(pool)  # unseeded: concurrent test sessions must not pick the same ports
+    return pool
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all held open together while choosing, so none is picked twice)."""
+    """``n`` distinct ports free now that no bind(0) can be handed (all held open together while choosing)."""
+    candidates = _fixed_port_pool()
     with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        ports = []
+        for port in candidates:
+            s = stack.enter_context(socket.socket())
+            try:
+                s.bind(("", port))  # every address: a server on 0.0.0.0 takes the port on 127.0.0.1 too
+            except OSError:  # in use
+                continue
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"no {n} free ports above {_LOW_PORT} outside the ephemeral range {_ephemeral_range()}")
 
 
 def free_port() -> int:
