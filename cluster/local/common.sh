@@ -56,6 +56,34 @@ enable_token_auth() {
     fi
 }
 
+# require_free_ports VAR...: fail, naming the setting, if the port in any of these variables is taken. Ray itself
+# would only report, 30 s later, that the node "timed out during startup" (an agent that cannot bind its port keeps
+# the raylet from registering).
+require_free_ports() {
+    local var pairs=()
+    for var in "$@"; do pairs+=("$var=${!var}"); done
+    python - "${pairs[@]}" <<'PY' || exit 1
+import socket, sys
+taken = []
+for pair in sys.argv[1:]:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's servers bind: TIME_WAIT is no conflict
+        try:
+            s.bind(("", int(pair.split("=")[1])))
+        except OSError:
+            taken.append(pair)
+if taken:
+    sys.exit(f"error: port in use: {', '.join(taken)}; export another port (settings: cluster/local/common.sh)")
+PY
+}
+
+require_stopped() {  # require_stopped NAME: fail if the daemon NAME of these scripts already runs
+    local pid
+    if pid="$(running_pid "$1")"; then
+        die "$1 already runs (pid $pid); stop it first"
+    fi
+}
+
 pid_file() { echo "$STATE_DIR/$1.pid"; }
 log_file() { echo "$STATE_DIR/$1.log"; }
 
@@ -73,9 +101,7 @@ running_pid() {  # the recorded pid of $1 if that process is alive
 start_daemon() {
     local name="$1"
     shift
-    if pid="$(running_pid "$name")"; then
-        die "$name already runs (pid $pid); stop it first"
-    fi
+    require_stopped "$name"
     setsid "$@" >"$(log_file "$name")" 2>&1 </dev/null &
     echo "$!" >"$(pid_file "$name")"
 }

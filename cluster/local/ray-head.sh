@@ -10,6 +10,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 
 start() {
+    require_stopped ray-head
+    require_free_ports RAY_HEAD_PORT RAY_DASHBOARD_PORT RAY_CLIENT_PORT RAY_HEAD_AGENT_PORT
     enable_token_auth
     # --block keeps `ray start` in the foreground of its own session: its pid stops this head and nothing else.
     # shellcheck disable=SC2086  # the extra args are meant to split into flags

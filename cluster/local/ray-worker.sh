@@ -8,6 +8,8 @@ source "$here/common.sh"
 
 start() {
     running_pid ray-head >/dev/null || die "no head started by ray-head.sh runs; start it first"
+    require_stopped ray-worker
+    require_free_ports RAY_WORKER_AGENT_PORT
     enable_token_auth
     local gpus=()
     if [[ -n "${RAY_WORKER_GPUS:-}" ]]; then gpus=(--num-gpus="$RAY_WORKER_GPUS"); fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -105,3 +106,17 @@ def test_token_auth_cluster_refuses_without_token_and_accepts_with_it(cluster_en
         stopped = script(name, "stop", env, timeout=120)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
         assert script(name, "status", env).returncode == 1
+
+
+@pytest.mark.parametrize("taken", ["RAY_DASHBOARD_PORT", "RAY_HEAD_AGENT_PORT"])
+def test_a_taken_port_is_named_before_anything_starts(cluster_env, tmp_path, taken):
+    """Ray would report only that the node "timed out during startup", 30 s later; the script names the setting."""
+    env, _ = cluster_env
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(env[taken])))
+        squatter.listen()
+        head = script("ray-head.sh", "start", env, timeout=60)
+    assert head.returncode == 1
+    assert f"port in use: {taken}={env[taken]}" in head.stderr, head.stderr
+    assert not (tmp_path / "state" / "ray-head.pid").exists()
+    assert script("ray-head.sh", "status", env).returncode == 1

@@ -5,6 +5,7 @@ time (as concurrent Tune trials do), and every metric step must arrive, with no 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,17 @@ def test_concurrent_writers_lose_no_metric(mlflow_server, tmp_path):
     # Measured numbers for the README (pytest -s shows them): requests per second the server sustained.
     print(f"\n{WRITERS} writers x {STEPS} log_batch requests: {max(elapsed):.1f} s for the slowest writer, "
           f"{WRITERS * STEPS / max(elapsed):.0f} requests/s in all")
+
+
+def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
+    """Another server on MLFLOW_PORT could answer /health for ours: the script refuses to start instead."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "SSTPARSE_CLUSTER_DIR": str(tmp_path),
+           "MLFLOW_PORT": str(port)}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    assert f"port in use: MLFLOW_PORT={port}" in started.stderr, started.stderr
+    assert not (tmp_path / "mlflow-server.pid").exists()
