@@ -77,13 +77,6 @@ if taken:
 PY
 }
 
-require_stopped() {  # require_stopped NAME: fail if the daemon NAME of these scripts already runs
-    local pid
-    if pid="$(running_pid "$1")"; then
-        die "$1 already runs (pid $pid); stop it first"
-    fi
-}
-
 pid_file() { echo "$STATE_DIR/$1.pid"; }
 log_file() { echo "$STATE_DIR/$1.log"; }
 
@@ -96,12 +89,18 @@ running_pid() {  # the recorded pid of $1 if that process is alive
     echo "$pid"
 }
 
-# Run "$@" in the background in a session of its own, so that stopping it (its process group) stops exactly the
-# processes it started: never `ray stop`, which would stop every Ray instance of this user on the machine.
+# start_daemon NAME "PORT_VARS" COMMAND...: run COMMAND in the background in a session of its own, so that stopping
+# it (its process group) stops exactly the processes it started: never `ray stop`, which would stop every Ray instance
+# of this user on the machine. Refused if NAME already runs, then if a port in PORT_VARS is taken (checked second: a
+# running daemon holds its own ports).
 start_daemon() {
-    local name="$1"
-    shift
-    require_stopped "$name"
+    local name="$1" ports="$2" pid
+    shift 2
+    if pid="$(running_pid "$name")"; then
+        die "$name already runs (pid $pid); stop it first"
+    fi
+    # shellcheck disable=SC2086  # the variable names are meant to split
+    require_free_ports $ports
     setsid "$@" >"$(log_file "$name")" 2>&1 </dev/null &
     echo "$!" >"$(pid_file "$name")"
 }

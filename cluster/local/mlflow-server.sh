@@ -24,10 +24,9 @@ URL="http://127.0.0.1:$MLFLOW_PORT"
 
 start() {
     # Bound to 127.0.0.1: the server has no authentication of its own. To share it, put it behind an
-    # authenticating proxy (or `mlflow server --app-name basic-auth`) and set --allowed-hosts.
-    require_stopped mlflow-server
-    require_free_ports MLFLOW_PORT  # else another server's /health could pass for ours
-    start_daemon mlflow-server mlflow server \
+    # authenticating proxy (or `mlflow server --app-name basic-auth`) and set --allowed-hosts. A taken MLFLOW_PORT
+    # is refused: another server there could answer /health for ours.
+    start_daemon mlflow-server "MLFLOW_PORT" mlflow server \
         --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
         --serve-artifacts --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
         --host 127.0.0.1 --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS"

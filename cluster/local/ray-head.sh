@@ -10,13 +10,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 
 start() {
-    require_stopped ray-head
-    require_free_ports RAY_HEAD_PORT RAY_DASHBOARD_PORT RAY_CLIENT_PORT RAY_HEAD_AGENT_PORT
     enable_token_auth
     # --block keeps `ray start` in the foreground of its own session: its pid stops this head and nothing else.
     # shellcheck disable=SC2086  # the extra args are meant to split into flags
-    start_daemon ray-head ray start --head --block \
-        --node-ip-address=127.0.0.1 --port="$RAY_HEAD_PORT" \
+    start_daemon ray-head "RAY_HEAD_PORT RAY_DASHBOARD_PORT RAY_CLIENT_PORT RAY_HEAD_AGENT_PORT" \
+        ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_HEAD_PORT" \
         --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT" --include-dashboard=true \
         --ray-client-server-port="$RAY_CLIENT_PORT" --dashboard-agent-listen-port="$RAY_HEAD_AGENT_PORT" \
         --num-cpus="$RAY_HEAD_CPUS" --num-gpus="$RAY_HEAD_GPUS" --temp-dir="$RAY_TEMP_DIR" \

@@ -8,13 +8,11 @@ source "$here/common.sh"
 
 start() {
     running_pid ray-head >/dev/null || die "no head started by ray-head.sh runs; start it first"
-    require_stopped ray-worker
-    require_free_ports RAY_WORKER_AGENT_PORT
     enable_token_auth
     local gpus=()
     if [[ -n "${RAY_WORKER_GPUS:-}" ]]; then gpus=(--num-gpus="$RAY_WORKER_GPUS"); fi
     # shellcheck disable=SC2086  # the extra args are meant to split into flags
-    start_daemon ray-worker ray start --block --address="127.0.0.1:$RAY_HEAD_PORT" \
+    start_daemon ray-worker "RAY_WORKER_AGENT_PORT" ray start --block --address="127.0.0.1:$RAY_HEAD_PORT" \
         --node-ip-address=127.0.0.1 --dashboard-agent-listen-port="$RAY_WORKER_AGENT_PORT" \
         --num-cpus="$RAY_WORKER_CPUS" "${gpus[@]}" --temp-dir="$RAY_TEMP_DIR" \
         ${RAY_WORKER_EXTRA_ARGS:-}
