@@ -66,6 +66,9 @@ def test_distillation_matches_hand_computation_and_trains_only_the_target_head()
     # No sample from another domain: nothing to distil.
     zero = L.distillation_loss({"a": za, "t": zt}, y, torch.tensor([1]), {("a", "t"): m}, ["t"], 2.0)
     assert zero.item() == 0.0
+    # A single head has no other head to learn from: zero, still connected to the head (DDP).
+    alone = L.distillation_loss({"t": zt}, y % 3, torch.tensor([0]), {}, ["t"], 2.0)
+    assert alone.item() == 0.0 and alone.requires_grad
 
 
 def test_distillation_into_every_head_is_the_mean_of_per_target_losses():

@@ -130,6 +130,8 @@ def distillation_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: 
     labelled pixels of every other domain's images. Each source head's softened prediction is computed once per
     batch and shared by all targets (recomputing it per target cost D x (D - 1) softmaxes in universal mode)."""
     names = list(logits)
+    if len(names) < 2:  # no other head to learn from; zero, still connected to the heads (DDP)
+        return torch.stack([logits[t].sum() for t in targets]).sum() * 0.0
     # Only images some target learns on need a teacher: in dedicated mode, not the target domain's own images.
     rows = torch.nonzero(torch.stack([domain_idx != names.index(t) for t in targets]).any(0)).flatten()
     labels, domain_idx = labels[rows], domain_idx[rows]
@@ -162,8 +164,6 @@ def _distil_into(target: str, names: Sequence[str], zt: Tensor, soft: Mapping[st
     # Labelled pixels of the other domains' images (a mask, not a gather: in dedicated mode that is every image).
     # None (a batch of the target's images only) gives 0 through kl_rows, still connected to the head.
     keep = (labels != IGNORE) & (domain_idx != names.index(target)).view(-1, 1, 1)
-    if len(names) < 2:
-        return zt.sum() * 0.0
     with torch.no_grad():
         teacher = zt.new_zeros(zt.shape, dtype=torch.float32)
         for b in (b for b in names if b != target):

@@ -83,7 +83,7 @@ def arm_jobs(base: JobConfig, arm: str, seed: int) -> list[JobConfig]:
 
 def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = None,
             latency_runs: int = 5) -> ArmRun:
-    out = ArmRun(arm, seed)
+    out, domains = ArmRun(arm, seed), load_domains()
     for job in arm_jobs(base, arm, seed):
         # No model logging: nothing here is for serving; the scores below go to the run instead.
         result = fit(job, parent_run_id=parent_run_id, register=False, log_model=False)
@@ -91,7 +91,7 @@ def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = No
         _, model, _ = load_checkpoint_model(ckpt)
         exported = inference_model(model)
         for name in exported.domain_names:
-            out.miou[name], out.miou_flip[name] = score(exported, load_domains()[name], job, (TTA(), TTA(flip=True)))
+            out.miou[name], out.miou_flip[name] = score(exported, domains[name], job, (TTA(), TTA(flip=True)))
         x = torch.randn(1, 3, 512, 512)
         out.params_by_model[job.train.target or arm] = count_params(exported)
         out.params += count_params(exported)
