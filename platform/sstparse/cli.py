@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sstparse.config import ConfigError
-from sstparse.data.shards import BadRecord
+from sstparse.data.shards import SPLITS, BadRecord
 
 
 def _domains(names: tuple[str, ...], synthetic_only: bool = False):
@@ -43,7 +43,7 @@ def synth(out, names, seed, scale, workers, preview):
 
     domains = _domains(names, synthetic_only=True)
     for m in generate(out, domains, seed=seed, scale=scale, workers=workers):
-        counts = ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
+        counts = ", ".join(f"{k} {m['splits'][k]['count']}" for k in SPLITS if k in m["splits"])
         click.echo(f"{m['domain']}: {counts}")
     if preview:
         _write_preview(out, domains, preview)
@@ -68,7 +68,7 @@ def convert(dataset, src, out, on_bad_record):
     from sstparse.data.convert import convert as run
 
     m = run(dataset, src, out, on_bad_record=on_bad_record)
-    counts = ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
+    counts = ", ".join(f"{k} {m['splits'][k]['count']}" for k in SPLITS if k in m["splits"])
     click.echo(f"{m['domain']}: {counts}; skipped {len(m['skipped'])}")
     for s in m["skipped"]:
         click.echo(f"  skipped {s['source']}: {s['reason']}")

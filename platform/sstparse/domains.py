@@ -69,7 +69,9 @@ class SynthStyle(StrictModel):
     """How a synthetic domain looks; domains differ here as real datasets do."""
 
     train_images: int = Field(ge=1, description="Default number of training images.")
-    val_images: int = Field(ge=1, description="Default number of validation images.")
+    val_images: int = Field(ge=1, description="Default number of validation images (checkpoint selection, ASHA).")
+    test_images: int = Field(ge=1, description="Default number of test images: rendered from their own seed "
+                                               "stream and never used for selection; benchmark scores use them.")
     height: int = Field(ge=32, le=2048, description="Image height in pixels.")
     width: int = Field(ge=32, le=2048, description="Image width in pixels.")
     persons: tuple[int, int] = Field((1, 1), description="Min and max number of people per image.")

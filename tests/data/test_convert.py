@@ -72,6 +72,7 @@ def _check_output(root: str, dataset: str, built: Built, manifest: dict, storage
             seen[r["sample_id"]] = split
         assert manifest["splits"][split]["class_pixels"] == hist.tolist()
     assert set(seen) == set(built.labels)
+    assert sorted(manifest["splits"]) == ["train", "val"]  # real layouts ship labelled train/val only: no test
     for sid, split in built.splits.items():
         assert seen[sid] == (split or split_of(sid, DOMAINS[dataset].card.raw.val_fraction))
 

@@ -98,8 +98,8 @@ def test_class_range_is_per_domain():
 
 
 def test_unknown_split_rejected():
-    with pytest.raises(BadRecord, match="split 'test'"):
-        validate_record("s", "test", image_bytes("ok", 1), label_bytes("ok", label_array(1, 20)), LIP, "i")
+    with pytest.raises(BadRecord, match="split 'testing'"):
+        validate_record("s", "testing", image_bytes("ok", 1), label_bytes("ok", label_array(1, 20)), LIP, "i")
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -141,8 +141,8 @@ def test_writer_removes_stale_parts(tmp_path):
 
 
 def test_writer_rejects_unknown_split(tmp_path):
-    with pytest.raises(ValueError, match="split 'test'"):
-        ShardWriter(str(tmp_path), LIP, "test")
+    with pytest.raises(ValueError, match="split 'testing'"):
+        ShardWriter(str(tmp_path), LIP, "testing")
 
 
 # ----------------------------------------------------------------------------------------------- manifest

@@ -10,7 +10,7 @@ from sstparse.cli import main
 from sstparse.data import atoms
 from sstparse.data.difficulty import colour_only_baseline
 from sstparse.data.generate import generate
-from sstparse.data.preview import preview_grid
+from sstparse.data.preview import first_rows, preview_grid
 from sstparse.data.shards import read_manifest, verify
 from sstparse.data.synth import Canvas, Person, draw_person, render, sample_outfit, sample_pose, sample_rng
 from sstparse.data.synth import true_association
@@ -103,6 +103,12 @@ def test_generate_shards_idempotent_and_worker_independent(tmp_path):
     style = DOMAINS["syn_ppp"].card.synthetic.style
     assert sum(ppp["atom_histogram"]["train"]) == 6 * style.height * style.width
     assert sum(ppp["splits"]["train"]["class_pixels"]) == 6 * style.height * style.width
+    # A held-out test split with its own seed stream: as large as the card says, none of its images in val.
+    assert list(ppp["splits"]) == ["test", "train", "val"] and ppp["splits"]["test"]["count"] == 2
+    assert ppp["splits"]["test"]["count"] == round(style.test_images * 0.02)
+    images = {split: {r["image"] for r in first_rows(str(tmp_path / "a"), "syn_ppp", split, 100)}
+              for split in ("train", "val", "test")}
+    assert not images["test"] & images["val"] and not images["test"] & images["train"]
     again = generate(str(tmp_path / "a"), doms, seed=3, scale=0.02, rows_per_part=4, progress=False)
     assert again == m1 and verify(str(tmp_path / "a"), "syn_ppp") == []
     grid = preview_grid(str(tmp_path / "a"), doms, n=2)
@@ -114,7 +120,7 @@ def test_cli_synth_with_preview(tmp_path):
     res = CliRunner().invoke(main, ["synth", "--out", str(out), "--domain", "syn_ppp", "--scale", "0.01",
                                     "--preview", str(png)])
     assert res.exit_code == 0, res.output
-    assert "syn_ppp: train 3, val 1" in res.output and png.stat().st_size > 1000
+    assert "syn_ppp: train 3, val 1, test 1" in res.output and png.stat().st_size > 1000
 
 
 def test_cli_rejects_unknown_and_real_domains(tmp_path):

@@ -95,7 +95,8 @@ def test_distillation_into_every_head_is_the_mean_of_per_target_losses():
             log_s = F.log_softmax(logits[t][i] / temperature, 0)
             kl = (teacher * (teacher.log() - log_s)).sum(0)
             total = total + kl[y[i] != L.IGNORE].sum()
-        count = sum(int((y[i] != L.IGNORE).sum()) for i in range(3) if names[i] != t)
+        # A sum over the foreign pixels over (D - 1) x all labelled pixels of the batch (the CE's denominator).
+        count = int((y != L.IGNORE).sum()) * (len(names) - 1)
         return total / count * temperature ** 2
 
     each = [L.distillation_loss(logits, y, d, assoc, [t], temperature) for t in names]
@@ -143,9 +144,17 @@ def test_universal_distillation_teaches_every_head_from_other_domains_labels(lam
 
 
 def test_total_loss_weights():
-    parts = {"ce": torch.tensor(1.0), "mse": torch.tensor(2.0), "mst": torch.tensor(3.0), "kd": torch.tensor(4.0)}
-    w = L.SSTLossWeights(lambda_mse=0.5, lambda_mst=0.25, lambda_kd=0.1, temperature=3.0)
-    assert math.isclose(L.total_loss(parts, w).item(), 1 + 1 + 0.75 + 0.4, rel_tol=1e-6)
+    parts = {"ce": torch.tensor(1.0), "mse": torch.tensor(2.0), "mst": torch.tensor(3.0), "kd": torch.tensor(4.0),
+             "transfer": torch.tensor(10.0), "aux": torch.tensor(5.0)}
+    w = L.SSTLossWeights(lambda_mse=0.5, lambda_mst=0.25, lambda_kd=0.1, temperature=3.0, lambda_transfer=0.5,
+                         transfer_ramp=0.4, lambda_aux=0.2)
+    assert math.isclose(L.total_loss(parts, w).item(), 1 + 1 + 0.75 + 0.4 + 5 + 1, rel_tol=1e-6)
+    # Label transfer ramps in linearly over the first 40% of training.
+    assert math.isclose(L.total_loss(parts, w, progress=0.1).item(), 1 + 1 + 0.75 + 0.4 + 1.25 + 1, rel_tol=1e-6)
+    assert L.transfer_ramp(w, 0.0) == 0.0 and L.transfer_ramp(w, 0.9) == 1.0
+    assert L.transfer_ramp(L.SSTLossWeights(transfer_ramp=0.0), 0.0) == 1.0
+    with pytest.raises(ValueError, match="transfer_ramp"):
+        L.SSTLossWeights(transfer_ramp=1.5)
     with pytest.raises(ValueError, match="lambda_mst"):
         L.SSTLossWeights(lambda_mst=-1.0)
     with pytest.raises(ValueError, match="temperature"):
@@ -161,3 +170,44 @@ def test_transfer_reaches_the_heads_only_when_asked(to_heads):
     loss.backward()
     assert m.grad is not None and m.grad.abs().sum() > 0  # the association is always fitted
     assert (zb.grad is not None) == to_heads
+
+
+def test_label_transfer_matches_hand_computation_and_skips_unconfident_rows():
+    """On domain b's pixels labelled j, head a learns KL(M(b->a)[j] || softmax(head a)); rows of M whose largest
+    entry is below the confidence are skipped; the sum is over (D - 1) x the batch's labelled pixels."""
+    torch.manual_seed(3)
+    za = torch.randn(2, 4, 2, 3, requires_grad=True)
+    zb = torch.randn(2, 3, 2, 3, requires_grad=True)
+    d = torch.tensor([0, 1])                      # image 0 is domain a's, image 1 domain b's
+    y = torch.tensor([[[0, 1, 2], [3, 3, L.IGNORE]], [[0, 1, 2], [2, L.IGNORE, 0]]])
+    m_ba = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.4, 0.3, 0.3, 0.0], [0.0, 0.2, 0.0, 0.8]])  # row 1: unconfident
+    m_ab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    assoc = {("b", "a"): m_ba, ("a", "b"): m_ab}
+    loss = L.label_transfer_loss({"a": za, "b": zb}, y, d, assoc, confidence=0.5)
+    total = 0.0
+    for img, (src, dst, m) in enumerate([("a", "b", m_ab), ("b", "a", m_ba)]):
+        logp = F.log_softmax({"a": za, "b": zb}[dst][img], 0)
+        for (h, w), j in ((hw, int(y[img][hw])) for hw in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]):
+            if j == L.IGNORE or m[j].max() < 0.5:
+                continue
+            t = m[j]
+            total = total + (torch.xlogy(t, t) - t * logp[:, h, w]).sum()
+    assert torch.allclose(loss, total / (10 * 1), atol=1e-5)
+    loss.backward()
+    assert za.grad.abs().sum() > 0 and zb.grad.abs().sum() > 0
+    # A head that already predicts the association's rows has nothing left to learn.
+    yb = torch.tensor([[[0, 2]]])                                      # one domain-b image, confident rows only
+    za_exact = torch.log(m_ba[yb[0]].permute(2, 0, 1).clamp_min(1e-12))[None]  # (1, 4, 1, 2)
+    zero = L.label_transfer_loss({"a": za_exact, "b": torch.zeros(1, 3, 1, 2)}, yb, torch.tensor([1]), assoc, 0.5)
+    assert abs(zero.item()) < 1e-6
+
+
+def test_label_transfer_trains_heads_from_other_domains_images_only_when_weighted():
+    torch.manual_seed(0)
+    for lam in (0.0, 0.5):
+        model = build_sst_model(ParserConfig(), DOMS, SSTConfig(transfer_confidence=0.0),
+                                L.SSTLossWeights(lambda_transfer=lam, lambda_mst=0.0, lambda_mse=0.0)).train()
+        out = model(torch.randn(2, 3, 40, 32), torch.randint(0, 6, (2, 40, 32)), torch.tensor([0, 0]))
+        out["loss"].backward()
+        grad = sum(float(p.grad.abs().sum()) for p in model.parser.heads.heads["b"].parameters())
+        assert (grad > 0) == (lam > 0) and ("transfer" in out) == (lam > 0)

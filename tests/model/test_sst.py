@@ -130,6 +130,8 @@ def test_config_validation():
         SSTConfig(scales=("c6",))
     with pytest.raises(ValueError, match="ema_momentum"):
         SSTConfig(ema_momentum=1.0)
+    with pytest.raises(ValueError, match="transfer_confidence"):
+        SSTConfig(transfer_confidence=1.5)
     with pytest.raises(ValueError):
         SSTConfig(adjacency_radius=0)
     with pytest.raises(ValueError, match="target_domain"):
@@ -163,8 +165,9 @@ def test_learned_association_is_semantic_on_rendered_domains():
             ys.append(np.asarray(Image.fromarray(r.label(dom)).resize((72, 96), Image.NEAREST)))
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
         data.append((x, torch.from_numpy(np.stack(ys))))
-    truth_lp = torch.tensor(np.nan_to_num(true_association(lip, ppp, hist["syn_lip"])))
-    truth_pl = torch.tensor(true_association(ppp, lip, hist["syn_ppp"]))
+    # M(a->b) is fitted on b's images: its truth is taken over b's atoms.
+    truth_lp = torch.tensor(np.nan_to_num(true_association(lip, ppp, hist["syn_ppp"])))
+    truth_pl = torch.tensor(np.nan_to_num(true_association(ppp, lip, hist["syn_lip"])))
     seen = truth_lp.sum(1) > 0
     model = build_sst_model(ParserConfig(), [lip, ppp], weights=SSTLossWeights(0.1, 0.1)).train()
     tv0 = (_tv(model.association("syn_lip", "syn_ppp")[seen], truth_lp[seen]),
@@ -186,3 +189,24 @@ def test_learned_association_is_semantic_on_rendered_domains():
     # Judged on the person classes: thin parts at 96x72 still lose mass to background (head b misses them on
     # a's images), which is a recognition error, not a wrong association.
     assert m_lp[rows, 1:].argmax(1).tolist() == truth_lp[rows, 1:].argmax(1).tolist(), m_lp[rows]
+
+
+def test_deep_supervision_ablation_is_training_only():
+    """B + deep supervision: an auxiliary CE classifier on MSA's embedding trains with the plain network, reaches
+    the parser, and is gone at export (the exported network equals the plain one's)."""
+    from sstparse.model.sst import inference_model
+
+    torch.manual_seed(0)
+    model = build_sst_model(ParserConfig(), DOMS, None, SSTLossWeights(lambda_aux=0.1),
+                            aux_cfg=SSTConfig(embed_dim=16)).train()
+    x, y, d = _batch()
+    out = model(x, y, d)
+    assert "aux" in out and torch.isfinite(out["aux"]) and "mst" not in out
+    assert torch.allclose(out["loss"], out["ce"] + 0.1 * out["aux"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    plain = build_sst_model(ParserConfig(), DOMS, None)
+    assert sum(p.numel() for p in inference_model(model).parameters()) == \
+        sum(p.numel() for p in inference_model(plain).parameters())
+    # With SST modules present the ablation is not built (SST has its own feature-level losses).
+    assert build_sst_model(ParserConfig(), DOMS, SSTConfig(), aux_cfg=SSTConfig()).aux is None

@@ -77,3 +77,19 @@ def test_relative_paths_are_resolved_for_workers(tmp_path, monkeypatch):
                               "tracking": {"tracking_uri": "http://mlflow:5000"}}, "job.yaml")
     resolved = absolute_paths(s3)
     assert resolved.data.root == "s3://b/p" and resolved.tracking.tracking_uri == "http://mlflow:5000"
+
+
+def test_sst_section_maps_onto_the_model_settings():
+    job = validate(JobConfig, {**BASE, "sst": {"lambda_transfer": 0.5, "transfer_ramp": 0.2,
+                                               "transfer_confidence": 0.6, "assoc_lr_mult": 5.0}}, "job.yaml")
+    assert job.sst.sst_config().transfer_confidence == 0.6 and job.sst.aux_config() is None
+    w = job.sst.loss_weights()
+    assert (w.lambda_transfer, w.transfer_ramp, w.lambda_aux) == (0.5, 0.2, 0.0)
+    plain = validate(JobConfig, {**BASE, "sst": {"enabled": False, "deep_supervision": 0.1, "embed_dim": 16}},
+                     "job.yaml")
+    assert plain.sst.sst_config() is None and plain.sst.aux_config().embed_dim == 16
+    assert plain.sst.loss_weights().lambda_aux == 0.1
+    for key, value in (("transfer_ramp", 1.5), ("lambda_transfer", -1), ("transfer_confidence", 2),
+                       ("assoc_lr_mult", 0)):
+        with pytest.raises(ConfigError, match=f"job.yaml: sst.{key}"):
+            validate(JobConfig, {**BASE, "sst": {key: value}}, "job.yaml")

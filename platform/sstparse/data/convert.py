@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import sstparse
-from sstparse.data.shards import (MANIFEST, SPLITS, BadRecord, OnBadRecord, Sample, ShardWriter, SplitSummary,
+from sstparse.data.shards import (MANIFEST, BadRecord, OnBadRecord, Sample, ShardWriter, SplitSummary,
                                   build_manifest, filesystem, validate_record, write_manifest)
 from sstparse.domains import LabelDomain, load_domains
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXT, LABEL_EXT = ".jpg", ".png"  # what all four layouts ship
+RAW_SPLITS = ("train", "val")  # the labelled splits the real datasets ship (their test labels are not public)
 
 
 class ConvertError(ValueError):
@@ -121,7 +122,7 @@ def lip_layout(src: Path) -> tuple[Path, list[SplitSource]]:
     id lists ship inside TrainVal_images/; some mirrors move them to the root)."""
     _require_dir(src / "TrainVal_images", "LIP")
     sources = []
-    for split in SPLITS:
+    for split in RAW_SPLITS:
         ids = _first_file([src / f"{split}_id.txt", src / "TrainVal_images" / f"{split}_id.txt"], f"LIP {split} ids")
         sources.append(SplitSource(split, f"TrainVal_images/{split}_images",
                                    f"TrainVal_parsing_annotations/{split}_segmentations", _read_ids(ids),
@@ -157,7 +158,7 @@ def atr_layout(src: Path) -> tuple[Path, list[SplitSource]]:
 def pascal_person_part_layout(src: Path) -> tuple[Path, list[SplitSource]]:
     """JPEGImages, SegmentationPart, list/{split}_id.txt (or list/{split}.txt)."""
     sources = []
-    for split in SPLITS:
+    for split in RAW_SPLITS:
         ids = _first_file([src / "list" / f"{split}_id.txt", src / "list" / f"{split}.txt"],
                           f"PASCAL-Person-Part {split} ids")
         sources.append(SplitSource(split, "JPEGImages", "SegmentationPart", _read_ids(ids), _rel(ids, src)))
@@ -210,7 +211,7 @@ def load_record(root: Path, rec: RawRecord, domain: LabelDomain) -> Sample:
 def write_splits(root: Path, recs: list[RawRecord], domain: LabelDomain, out: str, on_bad_record: OnBadRecord,
                  rows_per_part: int, storage_options: dict | None) -> tuple[list[SplitSummary], list[dict]]:
     # A writer per split even when a split is empty, so parts left by an earlier run are deleted on close.
-    writers = {s: ShardWriter(out, domain, s, rows_per_part, storage_options) for s in SPLITS}
+    writers = {s: ShardWriter(out, domain, s, rows_per_part, storage_options) for s in RAW_SPLITS}
     skipped: list[dict[str, str]] = []
     for rec in recs:
         try:
@@ -264,7 +265,7 @@ def convert(dataset: str, src: str | Path, out: str, on_bad_record: OnBadRecord 
     log.info("%s: %d records listed under %s", dataset, len(recs), root)
     _drop_manifest(out, domain.name, storage_options)
     summaries, skipped = write_splits(root, recs, domain, out, on_bad_record, rows_per_part, storage_options)
-    listed = {s: sum(r.split == s for r in recs) for s in SPLITS}
+    listed = {s: sum(r.split == s for r in recs) for s in RAW_SPLITS}
     split_rule = ("official id lists" if all(s.split for s in sources)
                   else f"val if zlib.crc32(sample_id) / 2**32 < {domain.card.raw.val_fraction}")
     manifest = build_manifest(domain, summaries, skipped,

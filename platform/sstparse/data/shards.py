@@ -40,7 +40,7 @@ SCHEMA = pa.schema([
     pa.field("width", pa.int32(), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # original file (or generator seed) for tracing
 ])
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # converted datasets write train and val (convert.RAW_SPLITS)
 MANIFEST = "manifest.json"
 OnBadRecord = Literal["error", "skip"]
 Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs, allow large real photos

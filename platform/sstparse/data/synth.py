@@ -385,15 +385,22 @@ def render(domain: LabelDomain, rng: np.random.Generator) -> Rendered:
 
 
 # ----------------------------------------------------------------------------------------------- association
+def true_joint(a: LabelDomain, b: LabelDomain, atom_hist: np.ndarray) -> np.ndarray:
+    """Pixel counts of (class of a, class of b) over pixels whose atoms have frequencies ``atom_hist``."""
+    joint = np.zeros((a.num_classes, b.num_classes))
+    np.add.at(joint, (a.atom_lut, b.atom_lut), np.asarray(atom_hist, dtype=np.float64))
+    return joint
+
+
 def true_association(a: LabelDomain, b: LabelDomain, atom_hist: np.ndarray) -> np.ndarray:
     """Exact P(class_b = j | class_a = i) over pixels whose atoms have frequencies ``atom_hist``.
 
-    ``atom_hist`` is a (NUM_ATOMS,) pixel count, e.g. the generator's histogram over domain a's images (stored
-    in the manifest). Rows of classes that never occur are NaN (no evidence either way).
+    ``atom_hist`` is a (NUM_ATOMS,) pixel count, e.g. the generator's histogram over one domain's images (stored
+    in the manifest). Which domain's images matter: a learned M(a->b) is fitted on b's labelled images, so its
+    truth uses b's histogram (framing and garments differ by domain). Rows of classes that never occur are NaN
+    (no evidence either way).
     """
-    hist = np.asarray(atom_hist, dtype=np.float64)
-    joint = np.zeros((a.num_classes, b.num_classes))
-    np.add.at(joint, (a.atom_lut, b.atom_lut), hist)
+    joint = true_joint(a, b, atom_hist)
     with np.errstate(invalid="ignore", divide="ignore"):
         return joint / joint.sum(axis=1, keepdims=True)
 

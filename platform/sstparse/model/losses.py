@@ -1,6 +1,6 @@
 """Losses of universal and dedicated SST training, and how they add up.
 
-    loss = CE + lambda_mse * L_mse + lambda_mst * L_mst + lambda_kd * L_kd
+    loss = CE + lambda_mse * L_mse + lambda_mst * L_mst + lambda_transfer * ramp * L_transfer + lambda_kd * L_kd
 
 * CE: every pixel is scored by *its own domain's* head. It is the mean over all labelled pixels of the batch, i.e.
   ``sum_d (n_d / N) * CE_d`` -- DESIGN.md's ``sum_d CE_d`` weighted by each domain's share of the batch, so the
@@ -8,11 +8,21 @@
   number of domains a batch happens to hold. Per-domain means are returned for logging.
 * L_mse = KL(relation target || learned relation attention) + pixel-to-prototype CE (see sst.py).
 * L_mst = transfer NLL (below): P_b @ M(b->a) must explain domain a's labels, for every b != a.
+* L_transfer (label transfer, universal and dedicated): on an image of domain b, every other head a learns from
+  b's *labels* through the estimated association: its target at a pixel labelled j is row j of M(b->a), i.e.
+  P(a's label | head b says j), estimated on a's labelled images (sst.py). Rows whose largest entry is below the
+  confidence threshold are left out (an even split such as "arm" -> left/right arm teaches nothing). M is
+  detached. Ramped in over the first ``transfer_ramp`` of training (M is noise while the heads are).
 * L_kd (dedicated mode: the target t; universal mode: every head t, averaged): on pixels of every other domain a,
   head t at temperature T is distilled towards ``mean_{b != t} P_b @ M(b->t)`` where P_b is head b's softened
   prediction -- or, for b = a, the ground truth one-hot, which is how a's *labels* reach t through M(a->t). The
   teacher is detached: distillation trains head t, not the associations or the other heads. Scaled by T^2 as in
   Hinton et al. so gradients do not shrink with T.
+
+Weighting: CE is a mean over every labelled pixel, and each head gets only its own domain's share of it. So that
+a foreign signal never outweighs a head's own labels at weight <= 1, L_transfer and L_kd are sums over the
+foreign pixels a head learns from divided by ``(D - 1) * N`` (N: the batch's labelled pixels, D: domains): with
+balanced domains a head's foreign term then has the weight of its own CE times lambda.
 
 Heads whose domain is absent from a batch enter CE with weight zero (``0 * logits.sum()``) so that every
 parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (DESIGN.md section 6).
@@ -39,15 +49,23 @@ class SSTLossWeights:
     lambda_mst: weight of MST (cross-domain transfer NLL).
     lambda_kd: weight of distillation: into the target head (dedicated mode) or every head (universal mode).
     temperature: T of the distillation softmax (> 0).
+    lambda_transfer: weight of label transfer (every head learns from the other domains' labels through M).
+    transfer_ramp: fraction of training over which lambda_transfer ramps linearly from 0 (0: from the start).
+    lambda_aux: weight of the deep-supervision CE (ablation of the plain network, sst.DeepSupervision).
     """
 
     lambda_mse: float = 0.1
     lambda_mst: float = 0.1
     lambda_kd: float = 0.0
     temperature: float = 2.0
+    lambda_transfer: float = 0.0
+    transfer_ramp: float = 0.3
+    lambda_aux: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("lambda_mse", "lambda_mst", "lambda_kd"):
+        if not 0.0 <= self.transfer_ramp <= 1.0:
+            raise ValueError(f"transfer_ramp must be in [0, 1], got {self.transfer_ramp}")
+        for name in ("lambda_mse", "lambda_mst", "lambda_kd", "lambda_transfer", "lambda_aux"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -132,13 +150,14 @@ def distillation_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: 
     names = list(logits)
     if len(names) < 2:  # no other head to learn from; zero, still connected to the heads (DDP)
         return torch.stack([logits[t].sum() for t in targets]).sum() * 0.0
+    denom = (labels != IGNORE).sum().float().clamp_min(1) * (len(names) - 1)  # see the module doc: weighting
     # Only images some target learns on need a teacher: in dedicated mode, not the target domain's own images.
     rows = torch.nonzero(torch.stack([domain_idx != names.index(t) for t in targets]).any(0)).flatten()
     labels, domain_idx = labels[rows], domain_idx[rows]
     sources = [b for b in names if any(b != t for t in targets)]
     soft = _soft_predictions(logits, rows, labels, domain_idx, sources, temperature)
     return torch.stack([_distil_into(t, names, logits[t][rows], soft, labels, domain_idx, assoc, temperature)
-                        for t in targets]).mean()
+                        for t in targets]).mean() / denom
 
 
 @torch.no_grad()
@@ -172,13 +191,52 @@ def _distil_into(target: str, names: Sequence[str], zt: Tensor, soft: Mapping[st
     log_student = F.log_softmax(zt.float() / temperature, dim=1)
     t = teacher.permute(0, 2, 3, 1)[keep]
     s = log_student.permute(0, 2, 3, 1)[keep]
-    return kl_rows(t, s, torch.ones(t.shape[0], device=t.device)) * temperature ** 2
+    return _kl_sum(t, s) * temperature ** 2  # a sum over pixels: the caller divides (module doc, weighting)
 
 
-def total_loss(parts: Mapping[str, Tensor], weights: SSTLossWeights) -> Tensor:
+def _kl_sum(target: Tensor, log_pred: Tensor) -> Tensor:
+    """Sum over rows of KL(target_row || pred_row); 0 (still connected to ``log_pred``) when there are no rows."""
+    return (torch.xlogy(target, target) - target * log_pred).sum()
+
+
+def label_transfer_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx: Tensor,
+                        assoc: Mapping[tuple[str, str], Tensor], confidence: float) -> Tensor:
+    """Every head a learns from every other domain b's labels: on b's labelled pixels of class j, KL(M(b->a)[j]
+    || softmax(head a)), for the rows of M(b->a) whose largest entry is at least ``confidence``. ``assoc`` is
+    detached here; ``labels`` are local labels on the logits' grid. Sum over pixels / ((D - 1) * N)."""
+    names = list(logits)
+    denom = (labels != IGNORE).sum().float().clamp_min(1) * max(len(names) - 1, 1)
+    total = next(iter(logits.values())).sum() * 0.0  # connected to the heads even with nothing to transfer
+    for kb, b in enumerate(names):
+        idx = torch.nonzero(domain_idx == kb).flatten()
+        if idx.numel() == 0:
+            continue
+        y = labels[idx]
+        valid = y != IGNORE
+        for a in names:
+            if a == b:
+                continue
+            rows = assoc[(b, a)].detach().float()
+            usable = rows.max(1).values >= confidence          # (C_b,)
+            keep = valid & usable[y.clamp_min(0)]
+            if not bool(keep.any()):
+                continue
+            log_p = F.log_softmax(logits[a][idx].float(), dim=1).permute(0, 2, 3, 1)[keep]
+            total = total + _kl_sum(rows[y[keep]], log_p)
+    return total / denom
+
+
+def transfer_ramp(weights: SSTLossWeights, progress: float) -> float:
+    """The factor on lambda_transfer at ``progress`` (fraction of training done): linear from 0 to 1."""
+    return 1.0 if weights.transfer_ramp == 0 else min(1.0, max(0.0, progress) / weights.transfer_ramp)
+
+
+def total_loss(parts: Mapping[str, Tensor], weights: SSTLossWeights, progress: float = 1.0) -> Tensor:
     """CE + weighted SST terms. Zero-weighted terms are still added (times 0) so the graph never shrinks."""
     loss = parts["ce"]
-    for key, lam in (("mse", weights.lambda_mse), ("mst", weights.lambda_mst), ("kd", weights.lambda_kd)):
+    for key, lam in (("mse", weights.lambda_mse), ("mst", weights.lambda_mst), ("kd", weights.lambda_kd),
+                     ("transfer", weights.lambda_transfer * transfer_ramp(weights, progress)),
+                     ("aux", weights.lambda_aux)):
         if key in parts:
             loss = loss + lam * parts[key]
     return loss

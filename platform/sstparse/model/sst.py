@@ -58,6 +58,7 @@ class SSTConfig:
     assoc_temperature: initial temperature of the association similarity (its inverse is learned).
     adjacency_radius: classes within this many stride-4 pixels "touch" (MSE relation target).
     transfer_to_heads: let the transfer NLL train the heads too (off: see losses.transfer_loss for why).
+    transfer_confidence: label transfer uses a row of M only when its largest entry is at least this.
     """
 
     embed_dim: int = 128
@@ -67,6 +68,7 @@ class SSTConfig:
     assoc_temperature: float = 0.1
     adjacency_radius: int = 1
     transfer_to_heads: bool = False
+    transfer_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scales if s not in _SCALES]
@@ -76,6 +78,8 @@ class SSTConfig:
             raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if self.proto_temperature <= 0 or self.assoc_temperature <= 0 or self.adjacency_radius < 1:
             raise ValueError("temperatures must be > 0 and adjacency_radius >= 1")
+        if not 0.0 <= self.transfer_confidence <= 1.0:
+            raise ValueError(f"transfer_confidence must be in [0, 1], got {self.transfer_confidence}")
 
 
 _SCALES = ("pixels", "context", "c2", "c3", "c4", "c5")
@@ -294,6 +298,29 @@ class SSTModules(nn.Module):
         return self.mst.log_matrices(z_hat)[(a, b)].exp().cpu()
 
 
+class DeepSupervision(nn.Module):
+    """Ablation, training only: MSA's multi-scale embedding read by a plain per-domain 1x1 classifier trained with
+    CE. It puts the same feature levels under the same kind of pixel loss as MSE's prototype CE, without class
+    relations, prototypes or any cross-domain term: "B + deep supervision" tells how much of SST's gain that is."""
+
+    def __init__(self, parser: HumanParser, cfg: SSTConfig):
+        super().__init__()
+        self.layout = lay = DomainLayout(parser.num_classes)
+        self.msa = MSA({s: _scale_channels(parser, s) for s in cfg.scales}, cfg.embed_dim)
+        self.classifier = nn.Conv2d(cfg.embed_dim, lay.total, 1)
+        cls_dom = torch.cat([torch.full((n,), k) for k, n in enumerate(lay.sizes)])
+        self.register_buffer("class_domain", cls_dom, persistent=False)
+        self.register_buffer("offsets", torch.tensor(lay.offsets), persistent=False)
+
+    def forward(self, feats: ParserFeatures, labels: Tensor, domain_idx: Tensor) -> Tensor:
+        with torch.autocast(device_type=labels.device.type, enabled=False):
+            logits = self.classifier(self.msa.pixel_embeddings(feats, labels.shape[-2:]))
+        own = self.class_domain[None, :] == domain_idx[:, None]
+        logits = logits.masked_fill(~own[:, :, None, None], _NEG)
+        g = torch.where(labels != L.IGNORE, labels + self.offsets[domain_idx].view(-1, 1, 1), labels)
+        return F.cross_entropy(logits, g, ignore_index=L.IGNORE)
+
+
 class SSTModel(nn.Module):
     """Training model: ``forward(images, labels, domain_idx)`` -> dict with ``loss`` and its parts.
 
@@ -305,9 +332,12 @@ class SSTModel(nn.Module):
     """
 
     def __init__(self, parser: HumanParser, sst: SSTModules | None = None,
-                 weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None):
+                 weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None,
+                 aux: DeepSupervision | None = None):
         super().__init__()
         self.parser, self.sst, self.weights, self.target_domain = parser, sst, weights, target_domain
+        self.aux = aux
+        self.progress = 1.0  # fraction of training done (set by the training loop): ramps label transfer in
         if target_domain is not None:
             if target_domain not in parser.domain_names:
                 raise ValueError(f"target_domain {target_domain!r} not in {parser.domain_names}")
@@ -337,15 +367,20 @@ class SSTModel(nn.Module):
         out: dict[str, Any] = {}
         out["ce"], per_domain = L.domain_cross_entropy(logits, y, domain_idx)
         out.update({f"ce/{k}": v for k, v in per_domain.items()})
+        # Nearest resampling keeps labels categorical (and IGNORE intact) on the stride-4 grid.
+        grid = F.interpolate(y[:, None].float(), size=feats.pixels.shape[-2:], mode="nearest")[:, 0].long()
+        if self.aux is not None:
+            out["aux"] = self.aux(feats, grid, domain_idx)
         if self.sst is not None:
-            # Nearest resampling keeps labels categorical (and IGNORE intact) on the stride-4 grid.
-            grid = F.interpolate(y[:, None].float(), size=feats.pixels.shape[-2:], mode="nearest")[:, 0].long()
             out.update(self.sst(feats, logits, grid, domain_idx))
+            if self.weights.lambda_transfer > 0 and "assoc" in out:
+                out["transfer"] = L.label_transfer_loss(logits, grid, domain_idx, out["assoc"],
+                                                        self.sst.cfg.transfer_confidence)
             targets = self.distillation_targets()
             if targets:
                 out["kd"] = L.distillation_loss(logits, grid, domain_idx, out["assoc"], targets,
                                                 self.weights.temperature)
-        out["loss"] = L.total_loss(out, self.weights)
+        out["loss"] = L.total_loss(out, self.weights, self.progress)
         out["logits"] = logits
         return out
 
@@ -356,11 +391,14 @@ class SSTModel(nn.Module):
 
 
 def build_sst_model(cfg: ParserConfig, domains: Any, sst_cfg: SSTConfig | None = SSTConfig(),
-                    weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None) -> SSTModel:
-    """Parser + SST modules (``sst_cfg=None``: a plain multi-head baseline trained with CE only)."""
+                    weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None,
+                    aux_cfg: SSTConfig | None = None) -> SSTModel:
+    """Parser + SST modules (``sst_cfg=None``: a plain multi-head baseline trained with CE only; with ``aux_cfg``
+    too, that baseline plus :class:`DeepSupervision` at ``weights.lambda_aux``)."""
     parser = build_parser(cfg, domains)
     sst = SSTModules(parser, sst_cfg) if sst_cfg is not None else None
-    return SSTModel(parser, sst, weights, target_domain)
+    aux = DeepSupervision(parser, aux_cfg) if aux_cfg is not None and sst is None else None
+    return SSTModel(parser, sst, weights, target_domain, aux)
 
 
 def inference_model(model: nn.Module, keep: Sequence[str] | None = None) -> HumanParser:

@@ -1,35 +1,43 @@
-"""The SST benchmark: does semantic transfer help, what does it cost, and does it learn the true associations?
+"""The SST benchmark: does one SST model beat a separate model per dataset, what does it cost, and does it learn the
+true label associations?
 
-Arms, every one trained with the same backbone, seed set and number of optimisation steps:
+Protocol ``passes`` (the headline): every multi-domain model sees each domain's images as often as that domain's
+single-domain model does, so its steps equal the single-domain models' together (equal data *and* equal compute).
+Protocol ``steps`` (secondary): every model gets the single-domain model's steps (the multi-domain arms see a
+quarter of each domain). ``data.epoch_size`` of the base job is the samples per epoch of *one domain*.
 
-* A: one single-domain model per domain (mode single);
-* A4 (optional): A with a quarter of the steps per model, so the four models together take one B's steps;
-* B: the plain multi-domain network, one head per domain, no SST modules (sst.enabled=false);
-* C: SST universal (MSA, MSE, MST; no distillation);
-* CK (optional): SST universal with KD into every head (``lambda_kd`` > 0, see docs/sst.md);
-* D: SST dedicated to syn_ppp (the scarce domain), distilling from the others.
+Arms (same backbone, seeds and data plan per seed; B, C and D share init and data order, so seeds pair up):
 
-Per arm and seed: per-domain validation mIoU without TTA and with flip TTA (the best checkpoint, re-scored here
-on every validation image), exported parameters and FLOPs, CPU latency; for C the learned associations against
-the generator's exact ones. Step time of C relative to B is measured side by side on one process (same batch,
-same threads), so a busy machine slows both alike.
+* A: one single-domain model per domain; A2: A at twice the steps (convergence check); A4: A at a quarter;
+* B: the plain multi-domain network (one head per domain, no SST module);
+* C: SST universal: MSA, MSE, MST and label transfer (every head learns from every domain's labels through M);
+* D: SST dedicated to syn_ppp (the scarce domain): C plus distillation into its head;
+* ablations: C-LT (C without label transfer), C-MST (without MST: no transfer NLL, no label transfer), C-MSE
+  (without MSE), BDS (B plus deep supervision: an auxiliary CE classifier on the feature levels MSA reads), CK (C
+  plus distillation into every head).
+
+Per arm and seed: per-domain mIoU on the held-out *test* split (the checkpoint was selected on validation), without
+and with flip TTA, exported parameters and FLOPs, CPU latency; for SST arms the learned associations against the
+generator's exact ones. Results are stored per (protocol, arm, seed) so runs resume by name and merge into one
+report (:mod:`sstparse.train.benchmark_report`).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sstparse import plots, tracking
+from sstparse import tracking
 from sstparse.data.augment import normalize
 from sstparse.data.preview import samples
 from sstparse.data.shards import read_manifest
-from sstparse.data.synth import true_association
+from sstparse.data.synth import true_joint
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.evaluate import TTA, DomainEvaluator
 from sstparse.model.sst import build_sst_model, inference_model
@@ -40,79 +48,124 @@ from sstparse.train.trainer import fit, load_checkpoint_model
 
 DOMAINS = ("syn_lip", "syn_cihp", "syn_atr", "syn_ppp")
 TARGET = "syn_ppp"
-ARMS = ("A", "A4", "B", "C", "CK", "D")
+SINGLE_ARMS = {"A": 1.0, "A2": 2.0, "A4": 0.25}  # arm -> samples per epoch relative to data.epoch_size
+ARMS = ("A", "A2", "A4", "B", "BDS", "C", "C-LT", "C-MST", "C-MSE", "CK", "D")
+HEADLINE = ("A", "B", "C", "D")
+# Every distinct code path; A2/A4 and C-LT/C-MST/C-MSE differ from A and C in arm_jobs' settings only.
+SMOKE_ARMS = ("A", "B", "BDS", "C", "CK", "D")
+PROTOCOLS = ("passes", "steps")
+SCORE_SPLIT = "test"
 
 
 @dataclass
 class ArmRun:
-    arm: str                                   # A, B, C, D
+    arm: str
     seed: int
-    miou: dict[str, float] = field(default_factory=dict)        # domain -> mIoU, no TTA
-    miou_flip: dict[str, float] = field(default_factory=dict)   # domain -> mIoU, flip TTA
+    protocol: str = "passes"
+    miou: dict[str, float] = field(default_factory=dict)        # domain -> test mIoU, no TTA
+    miou_flip: dict[str, float] = field(default_factory=dict)   # domain -> test mIoU, flip TTA
+    val_miou: dict[str, float] = field(default_factory=dict)    # domain -> validation mIoU of the selected ckpt
     params: int = 0                            # exported network(s); A: the sum over its four models
     params_by_model: dict[str, int] = field(default_factory=dict)  # A: one entry per domain model
     flops: int = 0                             # per 512x512 image, inference, every head kept
     latency_ms: float = 0.0                    # CPU, 512x512, batch 1
-    assoc: dict[str, float] = field(default_factory=dict)       # C only: tv, argmax agreement
-    assoc_pairs: dict[str, Any] = field(default_factory=dict)   # C only: (a, b) -> (learned, true)
+    steps: int = 0                             # optimisation steps (all of the arm's models together)
+    minutes: float = 0.0                       # wall time of training and scoring
+    assoc: dict[str, float] = field(default_factory=dict)       # SST arms: recovery of the true associations
+    checkpoints: dict[str, str] = field(default_factory=dict)   # model (domain or arm) -> selected checkpoint
+
+    @property
+    def key(self) -> str:
+        return f"{self.protocol}-{self.arm}-s{self.seed}"
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.key}.json"
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "ArmRun":
+        return cls(**json.loads(path.read_text()))
 
 
-def arm_jobs(base: JobConfig, arm: str, seed: int) -> list[JobConfig]:
-    """The training jobs of one arm (A has one per domain; the others one). ``base.sst.lambda_kd`` is D's (and
-    CK's) distillation weight; C trains without KD."""
-    def job(mode: str, target: str | None, sst: bool, name: str, kd: float = base.sst.lambda_kd) -> JobConfig:
-        return base.model_copy(update={
-            "train": base.train.model_copy(update={"mode": mode, "target": target, "seed": seed,
-                                                   "name": f"{base.train.name or 'bench'}-{name}-s{seed}"}),
-            "sst": base.sst.model_copy(update={"enabled": sst, "lambda_kd": kd}),
-            "data": base.data.model_copy(update={"seed": seed})})
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; arms: {list(ARMS)}")
+def arm_jobs(base: JobConfig, arm: str, seed: int, protocol: str = "passes") -> list[JobConfig]:
+    """The training jobs of one arm (single-domain arms have one per domain; the others one). ``base.sst`` holds
+    C's and D's settings (``lambda_transfer``; ``lambda_kd`` for D and CK)."""
+    if arm not in ARMS or protocol not in PROTOCOLS:
+        raise ValueError(f"unknown arm {arm!r} or protocol {protocol!r}; arms: {list(ARMS)}, "
+                         f"protocols: {list(PROTOCOLS)}")
+    if base.data.epoch_size is None:
+        raise ValueError("data.epoch_size: the benchmark needs the samples per epoch of one domain's model")
     if arm == "CK" and base.sst.lambda_kd == 0:
         raise ValueError("arm CK distils into every head: set sst.lambda_kd > 0")
-    if arm in ("A", "A4"):
-        jobs = [job("single", d, False, f"{arm}-{d}") for d in DOMAINS]
-        if arm == "A4":  # equal compute: a quarter of the samples per epoch, same epochs and batch
-            jobs = [j.model_copy(update={"data": j.data.model_copy(
-                update={"epoch_size": max(1, j.data.epoch_size // len(DOMAINS))})}) for j in jobs]
-        return jobs
-    return [{"B": lambda: job("universal", None, False, "B"), "C": lambda: job("universal", None, True, "C", 0.0),
-             "CK": lambda: job("universal", None, True, "CK"),
-             "D": lambda: job("dedicated", TARGET, True, "D")}[arm]()]
+    per_domain = base.data.epoch_size
+    multi = per_domain * len(DOMAINS) if protocol == "passes" else per_domain
+    tag = "" if protocol == "passes" else "-steps"
+
+    def job(mode: str, target: str | None, name: str, epoch_size: int, **sst: Any) -> JobConfig:
+        return base.model_copy(update={
+            "train": base.train.model_copy(update={"mode": mode, "target": target, "seed": seed,
+                                                   "name": f"{base.train.name or 'bench'}{tag}-{name}-s{seed}"}),
+            "sst": base.sst.model_copy(update={"enabled": True, "lambda_kd": 0.0, **sst}),
+            "data": base.data.model_copy(update={"seed": seed, "epoch_size": max(1, int(epoch_size))})})
+
+    if arm in SINGLE_ARMS:
+        return [job("single", d, f"{arm}-{d}", per_domain * SINGLE_ARMS[arm], enabled=False) for d in DOMAINS]
+    variants = {
+        "B": ("universal", {"enabled": False}),
+        "BDS": ("universal", {"enabled": False, "deep_supervision": base.sst.lambda_mse}),
+        "C": ("universal", {}),
+        "C-LT": ("universal", {"lambda_transfer": 0.0}),
+        "C-MST": ("universal", {"lambda_transfer": 0.0, "lambda_mst": 0.0}),
+        "C-MSE": ("universal", {"lambda_mse": 0.0}),
+        "CK": ("universal", {"lambda_kd": base.sst.lambda_kd}),
+        "D": ("dedicated", {"lambda_kd": base.sst.lambda_kd}),
+    }
+    mode, sst = variants[arm]
+    return [job(mode, TARGET if mode == "dedicated" else None, arm, multi, **sst)]
 
 
-def run_arm(base: JobConfig, arm: str, seed: int, parent_run_id: str | None = None,
-            latency_runs: int = 5) -> ArmRun:
-    out, domains = ArmRun(arm, seed), load_domains()
-    for job in arm_jobs(base, arm, seed):
+def run_arm(base: JobConfig, arm: str, seed: int, protocol: str = "passes", parent_run_id: str | None = None,
+            latency_runs: int = 5, score_limit: int | None = None) -> ArmRun:
+    """Train the arm's model(s) and score each on its domain's test split (``score_limit``: the first images only,
+    for smoke tests)."""
+    out, domains, t0 = ArmRun(arm, seed, protocol), load_domains(), time.perf_counter()
+    for job in arm_jobs(base, arm, seed, protocol):
         # No model logging: nothing here is for serving; the scores below go to the run instead.
         result = fit(job, parent_run_id=parent_run_id, register=False, log_model=False)
         ckpt = Path(result.checkpoint_path)  # local storage: the benchmark runs on one machine
-        _, model, _ = load_checkpoint_model(ckpt)
+        _, model, meta = load_checkpoint_model(ckpt)
         exported = inference_model(model)
         for name in exported.domain_names:
-            out.miou[name], out.miou_flip[name] = score(exported, domains[name], job, (TTA(), TTA(flip=True)))
+            out.miou[name], out.miou_flip[name] = score(exported, domains[name], job, (TTA(), TTA(flip=True)),
+                                                        limit=score_limit)
+            out.val_miou[name] = float(meta["metrics"].get(f"val/{name}/miou", float("nan")))
         x = torch.randn(1, 3, 512, 512)
+        out.checkpoints[job.train.target or arm] = str(ckpt)
         out.params_by_model[job.train.target or arm] = count_params(exported)
         out.params += count_params(exported)
         out.flops += count_flops(exported, x)
         out.latency_ms += latency(exported, x, latency_runs)
-        if arm in ("C", "CK"):
-            out.assoc, out.assoc_pairs = association_recovery(job, ckpt)
+        out.steps += int(result.last.get("train/steps", 0)) * job.train.epochs
+        if model.sst is not None:
+            out.assoc = association_recovery(job, ckpt)[0]
         if result.run_id:
             tracking.log_metrics(job.tracking, result.run_id, {
                 **{f"bench/{d}/miou": v for d, v in out.miou.items()},
                 **{f"bench/{d}/miou_flip": v for d, v in out.miou_flip.items()},
                 **{f"bench/assoc/{k}": v for k, v in out.assoc.items()}}, step=0)
             tracking.end_run(job.tracking, result.run_id)
+    out.minutes = (time.perf_counter() - t0) / 60
     return out
 
 
 @torch.no_grad()
-def score(parser, domain: LabelDomain, job: JobConfig, ttas: tuple[TTA, ...]) -> list[float]:
-    """mIoU of one head on every validation image of its domain, one per TTA (each image decoded once)."""
+def score(parser, domain: LabelDomain, job: JobConfig, ttas: tuple[TTA, ...], split: str = SCORE_SPLIT,
+          limit: int | None = None) -> list[float]:
+    """mIoU of one head on every image of a split of its domain, one per TTA (each image decoded once)."""
     evs = [DomainEvaluator(domain, tta) for tta in ttas]
-    for image, label_map in samples(job.data.root_of(domain.name), domain.name, "val",
+    for image, label_map in samples(job.data.root_of(domain.name), domain.name, split, limit,
                                     storage_options=job.data.storage_options):
         label = torch.from_numpy(label_map.astype(np.int64))[None]
         x = torch.from_numpy(normalize(image))[None]
@@ -133,29 +186,74 @@ def latency(module, x: torch.Tensor, runs: int) -> float:
     return 1000 * float(np.median(times))
 
 
+def _merge(matrix: np.ndarray, pairs, axis: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Merge left/right classes (``pairs``) along ``axis``: columns are summed, rows averaged by ``weights``."""
+    m = np.moveaxis(np.asarray(matrix, dtype=np.float64), axis, 0)
+    w = np.ones(m.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = np.ones(m.shape[0], bool)
+    m, w = m.copy(), w.copy()
+    for i, j in pairs:
+        if weights is None:
+            m[i] = m[i] + m[j]
+        else:
+            m[i] = (w[i] * m[i] + w[j] * m[j]) / max(w[i] + w[j], 1e-12)
+            w[i] = w[i] + w[j]
+        keep[j] = False
+    return np.moveaxis(m[keep], 0, axis), w[keep]
+
+
+def association_scores(learned: np.ndarray, joint: np.ndarray, a: LabelDomain, b: LabelDomain
+                       ) -> dict[str, np.ndarray]:
+    """Per row of M(a->b) over the classes of a that occur: TV distance to the truth, argmax agreement, the row's
+    pixel share (for frequency weighting), and argmax agreement with left/right classes merged on both sides.
+    ``joint``: true pixel counts of (a's class, b's class) on the images M was fitted on (domain b's)."""
+    mass = joint.sum(1)
+    rows = mass > 0
+    true = joint[rows] / mass[rows, None]
+    out = {"tv": 0.5 * np.abs(learned[rows] - true).sum(1), "agree": learned[rows].argmax(1) == true.argmax(1),
+           "weight": mass[rows] / mass.sum()}
+    lj, _ = _merge(joint, a.flip_pairs, 0)
+    lj, _ = _merge(lj, b.flip_pairs, 1)
+    ll, _ = _merge(learned, a.flip_pairs, 0, weights=mass)
+    ll, _ = _merge(ll, b.flip_pairs, 1)
+    merged_rows = lj.sum(1) > 0
+    out["agree_lr"] = ll[merged_rows].argmax(1) == lj[merged_rows].argmax(1)
+    return out
+
+
 def association_recovery(job: JobConfig, ckpt: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Mean row total-variation distance between learned M(a->b) and the generator's P(b|a), and the share of
-    rows whose argmax agrees, over every ordered pair of domains (rows of classes that occur)."""
+    """Learned M(a->b) against the generator's exact P(b | a) on domain b's training images (where M is fitted),
+    over every ordered pair. Means over all rows: ``tv`` (row total-variation distance), ``argmax_agreement``,
+    ``argmax_weighted`` (rows weighted by their pixel share, mean over pairs) and ``argmax_lr_merged``."""
     domains, evals = load_domains(), np.load(ckpt / EVAL_FILE)
-    tvs, agree, pairs = [], [], {}
+    hists = {d: np.asarray(read_manifest(job.data.root_of(d), d, job.data.storage_options)["atom_histogram"]["train"])
+             for d in DOMAINS}
+    tv, agree, weighted, merged, pairs = [], [], [], [], {}
     for a in DOMAINS:
-        hist = np.asarray(read_manifest(job.data.root_of(a), a, job.data.storage_options)["atom_histogram"]["train"])
         for b in DOMAINS:
-            if a == b:
+            if a == b or f"assoc/{a}/{b}" not in evals.files:
                 continue
-            learned, true = evals[f"assoc/{a}/{b}"], true_association(domains[a], domains[b], hist)
-            rows = ~np.isnan(true).any(1)
-            tvs += list(0.5 * np.abs(learned[rows] - true[rows]).sum(1))
-            agree += list(learned[rows].argmax(1) == true[rows].argmax(1))
-            pairs[(a, b)] = (learned, true)
-    return {"tv": float(np.mean(tvs)), "argmax_agreement": float(np.mean(agree))}, pairs
+            learned, joint = evals[f"assoc/{a}/{b}"], true_joint(domains[a], domains[b], hists[b])
+            s = association_scores(learned, joint, domains[a], domains[b])
+            tv += list(s["tv"])
+            agree += list(s["agree"])
+            merged += list(s["agree_lr"])
+            weighted.append(float((s["agree"] * s["weight"]).sum()))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pairs[(a, b)] = (learned, joint / joint.sum(1, keepdims=True))
+    scores = {"tv": float(np.mean(tv)), "argmax_agreement": float(np.mean(agree)),
+              "argmax_weighted": float(np.mean(weighted)), "argmax_lr_merged": float(np.mean(merged))}
+    return scores, pairs
 
 
 def step_time_ratio(base: JobConfig, steps: int = 10) -> tuple[float, float]:
-    """Seconds per training step (forward + backward) of B (plain) and C (SST) on the same batch, interleaved."""
+    """Seconds per training step (forward + backward) of B (plain) and C (SST) on the same batch, interleaved.
+    C's label transfer runs from the first step (the ramp only scales its weight)."""
     domains = [load_domains()[d] for d in DOMAINS]
     torch.manual_seed(0)
-    sst = arm_jobs(base, "C", 0)[0].sst
+    # Confidence 0: every association row takes part in label transfer, as in a trained model (random heads give
+    # no confident row, which would time C without its transfer term).
+    sst = arm_jobs(base, "C", 0)[0].sst.model_copy(update={"transfer_confidence": 0.0})
     c = build_sst_model(base.model.parser_config(), domains, sst.sst_config(), sst.loss_weights()).train()
     b = build_sst_model(base.model.parser_config(), domains, None).train()
     size, batch = base.data.crop_size, base.data.batch_size
@@ -170,86 +268,3 @@ def step_time_ratio(base: JobConfig, steps: int = 10) -> tuple[float, float]:
             if i >= 2:  # warm-up
                 times[name].append(time.perf_counter() - t0)
     return float(np.median(times["B"])), float(np.median(times["C"]))
-
-
-def _stat(values: list[float]) -> str:
-    """mean +- half-range over seeds, in mIoU points."""
-    v = 100 * np.asarray(values)
-    return f"{v.mean():.1f} ± {(v.max() - v.min()) / 2:.1f}"
-
-
-def report_table(runs: list[ArmRun]) -> str:
-    """Markdown: per-domain mIoU (no TTA / flip TTA) per arm, mean over seeds with the spread."""
-    arms = sorted({r.arm for r in runs})
-    head = "| arm | " + " | ".join(DOMAINS) + " | mean (4 domains) | params | GFLOPs | CPU ms |"
-    lines = [head, "|" + "---|" * (len(DOMAINS) + 5)]
-    for tta in ("miou", "miou_flip"):
-        for arm in arms:
-            rs = [r for r in runs if r.arm == arm]
-            cells = []
-            for d in DOMAINS:
-                vals = [getattr(r, tta)[d] for r in rs if d in getattr(r, tta)]
-                cells.append(_stat(vals) if vals else "–")
-            means = [np.mean([getattr(r, tta)[d] for d in DOMAINS]) for r in rs
-                     if all(d in getattr(r, tta) for d in DOMAINS)]
-            label = f"{arm}{' +flip' if tta == 'miou_flip' else ''}"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_stat(means) if means else '–'} | "
-                         f"{rs[0].params / 1e6:.3f} M | {rs[0].flops / 1e9:.2f} | "
-                         f"{np.mean([r.latency_ms for r in rs]):.0f} |")
-    return "\n".join(lines)
-
-
-def association_summary(runs: list[ArmRun]) -> str:
-    lines = []
-    for arm in ("C", "CK"):
-        c = [r for r in runs if r.arm == arm and r.assoc]
-        if not c:
-            continue
-        tv = [r.assoc["tv"] for r in c]
-        agree = [r.assoc["argmax_agreement"] for r in c]
-        lines.append(f"{arm} association recovery over {len(c)} seed(s): mean row TV distance {np.mean(tv):.3f} "
-                     f"(seeds {', '.join(f'{v:.3f}' for v in tv)}), argmax agreement {100 * np.mean(agree):.1f}% "
-                     f"(seeds {', '.join(f'{100 * v:.1f}%' for v in agree)})")
-    return "\n\n".join(lines) or "no SST universal run"
-
-
-def param_check(runs: list[ArmRun]) -> str:
-    """B, C and D export exactly A's networks' parts: one backbone + decoder with four heads (B, C) or with
-    syn_ppp's head (D = A's syn_ppp model)."""
-    first = {r.arm: r for r in reversed(runs)}
-    parts = []
-    if "B" in first and "C" in first:
-        parts.append(f"exported params B {first['B'].params:,} vs C {first['C'].params:,} "
-                     f"({'equal' if first['B'].params == first['C'].params else 'DIFFERENT'})")
-    if "A" in first and "D" in first:
-        a = first["A"].params_by_model.get(TARGET)
-        same = "equal" if a == first["D"].params else "DIFFERENT"
-        parts.append(f"D {first['D'].params:,} vs A's {TARGET} model {a:,} ({same})")
-    return "; ".join(parts)
-
-
-def write_report(out: Path, base: JobConfig, runs: list[ArmRun], steps: dict[str, tuple[float, float]],
-                 seconds: float, command: str) -> str:
-    """``out``/report.md (returned too) and C's association heatmaps beside it. ``steps``: model size -> seconds
-    per training step of (B, C)."""
-    domains = load_domains()
-    pictures = []
-    for r in [r for r in runs if r.arm == "C"][:1]:
-        for (a, b), (learned, true) in r.assoc_pairs.items():
-            if TARGET in (a, b):
-                pictures.append(plots.association_figure(learned, true, domains[a], domains[b],
-                                                         out / f"association_{a}_to_{b}.png"))
-    lines = [f"# SST benchmark ({time.strftime('%Y-%m-%d')})", "",
-             f"`{command}`, {seconds / 60:.0f} min; backbone {base.model.backbone}, {base.train.epochs} epochs x "
-             f"{base.data.epoch_size} samples, crop {base.data.crop_size}, seeds {sorted({r.seed for r in runs})}.",
-             "",
-             "Validation mIoU (%), mean ± half-range over seeds; params/GFLOPs/CPU ms of the exported network(s) "
-             "at 512x512 (A: the four single-domain models together).", "", report_table(runs), "",
-             association_summary(runs), "", param_check(runs), "",
-             "Training step time (forward + backward, one process, B and C interleaved on the same batch):", ""]
-    lines += [f"- {what}: B {1000 * b:.0f} ms, C {1000 * c:.0f} ms, C/B {c / b:.2f}" for what, (b, c) in steps.items()]
-    lines.append("")
-    lines += [f"![{p.stem}]({p.name})" for p in pictures]
-    text = "\n".join(lines)
-    (out / "report.md").write_text(text)
-    return text

@@ -52,17 +52,36 @@ class SSTSettings(StrictModel):
     lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation: into the target head (dedicated "
                                                    "mode) or, when > 0, into every head (universal mode).")
     temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
+    lambda_transfer: float = Field(0.0, ge=0, description="Weight of label transfer: every head learns from the "
+                                                          "other domains' labels through the associations.")
+    transfer_ramp: float = Field(0.3, ge=0, le=1, description="Fraction of training over which lambda_transfer "
+                                                              "ramps in from 0.")
+    transfer_confidence: float = Field(0.5, ge=0, le=1, description="Label transfer uses an association row only "
+                                                                     "when its largest entry is at least this.")
+    assoc_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the association's own "
+                                                          "parameters (MST scale and residuals): at the base rate "
+                                                          "M stays under-fitted for thousands of steps.")
+    deep_supervision: float = Field(0.0, ge=0, description="Ablation for the plain network (enabled: false): an "
+                                                           "auxiliary per-domain classifier on MSA's multi-scale "
+                                                           "embedding, trained by CE at this weight.")
 
     def sst_config(self) -> SSTConfig | None:
         if not self.enabled:
             return None
         return SSTConfig(embed_dim=self.embed_dim, scales=tuple(self.scales), ema_momentum=self.ema_momentum,
                          proto_temperature=self.proto_temperature, assoc_temperature=self.assoc_temperature,
-                         adjacency_radius=self.adjacency_radius)
+                         adjacency_radius=self.adjacency_radius, transfer_confidence=self.transfer_confidence)
 
     def loss_weights(self) -> SSTLossWeights:
         return SSTLossWeights(lambda_mse=self.lambda_mse, lambda_mst=self.lambda_mst, lambda_kd=self.lambda_kd,
-                              temperature=self.temperature)
+                              temperature=self.temperature, lambda_transfer=self.lambda_transfer,
+                              transfer_ramp=self.transfer_ramp, lambda_aux=self.deep_supervision)
+
+    def aux_config(self) -> SSTConfig | None:
+        """MSA's settings for the deep-supervision ablation (plain network only)."""
+        if self.enabled or self.deep_supervision == 0:
+            return None
+        return SSTConfig(embed_dim=self.embed_dim, scales=tuple(self.scales))
 
 
 class OptimConfig(StrictModel):

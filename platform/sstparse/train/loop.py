@@ -45,7 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)  # to device; DDP (gloo on CPU, NCCL on GPU) when world > 1
     if job.train.compile:
         model = torch.compile(model)
-    optimizer = build_optimizer(job.optim, model)
+    optimizer = build_optimizer(job.optim, model, job.sst.assoc_lr_mult)
     total_steps = config["steps_per_epoch"] * job.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(job.optim, total_steps))
     start_epoch, restored = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
@@ -57,7 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, job.train.epochs):
         t0 = time.perf_counter()
-        train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored, rank)
+        train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored, rank,
+                                        total_steps)
         validated = (epoch + 1) % job.train.val_every == 0 or epoch + 1 == job.train.epochs
         val_metrics, matrices = validate(model, domains, job) if validated else ({}, {})
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
@@ -69,14 +70,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def build_model(job: JobConfig, domains: list[LabelDomain]) -> SSTModel:
     target = job.train.target if job.train.mode == "dedicated" else None
     return build_sst_model(job.model.parser_config(), domains, job.sst.sst_config(), job.sst.loss_weights(),
-                           target_domain=target)
+                           target_domain=target, aux_cfg=job.sst.aux_config())
 
 
-def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases: decaying them only hurts (standard for ResNets and DeepLab).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(cfg: OptimConfig, model: nn.Module, assoc_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases: decaying them only hurts (standard for ResNets and DeepLab). The
+    # association's scale and residuals get their own group at a higher rate and no decay (decay would pull M
+    # back towards pure embedding similarity).
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assoc = [p for n, p in named if ".mst." in f".{n}"]
+    rest = [(n, p) for n, p in named if ".mst." not in f".{n}"]
+    groups = [{"params": [p for _, p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for _, p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    if assoc:
+        groups.append({"params": assoc, "weight_decay": 0.0, "lr": cfg.lr * assoc_lr_mult})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -97,7 +104,7 @@ def _unwrap(model: nn.Module) -> SSTModel:
 
 
 def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: int, restored: bool,
-                    rank: int) -> dict[str, float]:
+                    rank: int, total_steps: int) -> dict[str, float]:
     model.train()
     device = ray.train.torch.get_device()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.amp)
@@ -112,6 +119,8 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
                 rank == fault.rank:
             print(f"[fault injection] rank {fault.rank} exits in epoch {epoch} after {steps} steps", flush=True)
             os._exit(1)  # a hard crash, as a lost node or an OOM kill would look to Ray
+        # The scheduler's step count survives a restore, so the label-transfer ramp resumes where it was.
+        _unwrap(model).progress = scheduler.last_epoch / max(total_steps, 1)
         autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
         with autocast:
             out = model(batch["image"], batch["label"], batch["domain"])
@@ -123,7 +132,7 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        for k in ("loss", "ce", "mse", "mst", "kd"):
+        for k in ("loss", "ce", "mse", "mst", "kd", "transfer", "aux"):
             if k in out:
                 sums[k] = sums.get(k, 0.0) + float(out[k].detach())
         steps, images = steps + 1, images + len(batch["domain"])

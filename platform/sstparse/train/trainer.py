@@ -217,7 +217,8 @@ def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
         _, a, b = key.split("/")
         true = None
         if domains[a].is_synthetic and domains[b].is_synthetic:
-            hist = read_manifest(job.data.root_of(a), a, job.data.storage_options)["atom_histogram"]["train"]
+            # M(a->b) is fitted on b's labelled images: its truth is taken over b's atoms.
+            hist = read_manifest(job.data.root_of(b), b, job.data.storage_options)["atom_histogram"]["train"]
             true = true_association(domains[a], domains[b], np.asarray(hist))
         paths.append(plots.association_figure(evals[key], true, domains[a], domains[b],
                                               out / f"association_{a}_to_{b}.png"))
