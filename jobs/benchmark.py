@@ -52,6 +52,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke-test", action="store_true",
                     help="every arm's code path (benchmark.SMOKE_ARMS), one seed, a few steps per model, 4 test "
                          "images per domain")
+    ap.add_argument("--report-only", action="store_true",
+                    help="merge the stored results into <out>/report.md without training or timing anything")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the base job")
     args = ap.parse_args(argv)
     if args.smoke_test:
@@ -95,17 +97,19 @@ def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
     overrides = SIZES[args.size] + (SMOKE if args.smoke_test else []) + args.overrides
     base = absolute_paths(load_job(args.config, overrides))
-    connect()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    parent = tracking.start_run(base.tracking, f"sst-benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags={"benchmark": "sst"}) if base.tracking.enabled else None
-    run_arms(args, base, parent)
+    parent = None
+    if not args.report_only:
+        connect()
+        parent = tracking.start_run(base.tracking, f"sst-benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    tags={"benchmark": "sst"}) if base.tracking.enabled else None
+        run_arms(args, base, parent)
     runs = [bench.ArmRun.load(p) for p in sorted((out / "runs").glob("*.json"))]
     first_c = min((r for r in runs if r.arm == "C" and r.protocol == "passes"), key=lambda r: r.seed, default=None)
     pairs = bench.association_recovery(base, Path(first_c.checkpoints["C"]))[1] if first_c else None
     command = shlex.join(["python", "jobs/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
-    text = write_report(out, base, runs, step_times(args, base), command, pairs)
+    text = write_report(out, base, runs, {} if args.report_only else step_times(args, base), command, pairs)
     print(text)
     if parent:
         tracking.log_artifacts(base.tracking, parent, sorted(out.glob("*.*")), "benchmark")

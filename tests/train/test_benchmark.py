@@ -185,3 +185,20 @@ def test_true_joint_is_the_unnormalised_association():
     with np.errstate(invalid="ignore"):
         assert np.allclose(joint / joint.sum(1, keepdims=True), true_association(d["syn_lip"], d["syn_ppp"], hist),
                            equal_nan=True)
+
+
+def test_report_only_merges_stored_runs_without_training(tmp_path):
+    """`jobs/benchmark.py --report-only` rebuilds the report from <out>/runs alone (no Ray, no timing)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("benchmark_job", root / "jobs" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for seed in (0, 1):
+        _run("B", seed, 0.2).save(tmp_path / "runs")
+    text = script.main(["--config", str(root / "jobs/configs/benchmark.yaml"), "--report-only", "--out",
+                        str(tmp_path)])
+    assert "| B | 20.5 | 20.5 | 20.5 | 20.5 | 20.5 | 2 | 2 |" in text and "step time" not in text
+    assert (tmp_path / "report.md").read_text() == text

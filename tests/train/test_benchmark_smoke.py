@@ -13,7 +13,8 @@ import pytest
 from sstparse import tracking
 from sstparse.train import benchmark as bench
 
-pytestmark = pytest.mark.ray
+# Nine Ray Train fits (A trains one model per domain): about 4.5 minutes on a quiet 2-core machine.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 
 

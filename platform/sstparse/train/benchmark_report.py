@@ -154,8 +154,10 @@ def write_report(out: Path, base: JobConfig, runs: list[ArmRun], steps: dict[str
     if any(r.protocol == "steps" for r in runs):
         lines += ["## Equal steps per model (secondary)", "", score_table(runs, "steps"), "",
                   difference_table(runs, "steps"), ""]
-    lines += ["Training step time (forward + backward, one process, B and C interleaved on the same batch):", ""]
-    lines += [f"- {what}: B {1000 * b:.0f} ms, C {1000 * c:.0f} ms, C/B {c / b:.2f}" for what, (b, c) in steps.items()]
+    if steps:
+        lines += ["Training step time (forward + backward, one process, B and C interleaved on the same batch):", ""]
+        lines += [f"- {what}: B {1000 * b:.0f} ms, C {1000 * c:.0f} ms, C/B {c / b:.2f}"
+                  for what, (b, c) in steps.items()]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in pictures]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
