@@ -128,3 +128,25 @@ def test_cli_rejects_unknown_and_real_domains(tmp_path):
     assert res.exit_code != 0 and "unknown domain" in res.output
     with pytest.raises(ValueError, match="lip is not synthetic"):
         generate(str(tmp_path), [DOMAINS["lip"]], progress=False)
+
+
+def test_demo_regenerates_shards_that_predate_the_test_split(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("demo_job", Path(__file__).resolve().parents[2] / "jobs/demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    root = str(tmp_path / "shards")
+    demo.ensure_synthetic(root, scale=0.01, seed=0)
+    manifest = tmp_path / "shards" / "syn_ppp" / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["splits"]["test"]  # as written before the test split existed
+    manifest.write_text(json.dumps(old))
+    capsys.readouterr()
+    demo.ensure_synthetic(root, scale=0.01, seed=0)
+    assert "generating syn_ppp into" in capsys.readouterr().out
+    assert "test" in read_manifest(root, "syn_ppp")["splits"]
+    demo.ensure_synthetic(root, scale=0.01, seed=0)
+    assert "synthetic shards found" in capsys.readouterr().out
