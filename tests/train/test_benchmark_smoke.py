@@ -55,4 +55,4 @@ def test_smoke_test_runs_every_arm_and_writes_the_report(ray_session, tiny_shard
     assert "benchmark/report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "benchmark")}
     children = tracking.find_runs(cfg, f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert len(children) == 4 + len(bench.SMOKE_ARMS) - 1  # A trains one model per domain
-    assert all("bench/syn_ppp/miou" in c.data.metrics for c in children)
+    assert all(any(k.startswith("bench/") and k.endswith("/miou") for k in c.data.metrics) for c in children)
