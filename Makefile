@@ -22,7 +22,7 @@ QUIET   := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first: the pinned CPU wheel, so the loose torch>=2.4 below installs nothing more (STACK.md)
+	# torch first: the pinned CPU wheel, so the loose torch>=2.4 below installs nothing more (README: Installing)
 	$(BIN)/pip install -q $(TORCH) $(QUIET)
 	# requirements.lock pins every other package (tested versions, and no resolver backtracking on install)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]' $(QUIET)
