@@ -43,7 +43,7 @@ def s3_server() -> Iterator[S3Server]:
     bucket = "sstparse-test"
     boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=bucket)
     try:
-        # STACK.md: s3fs gets the endpoint through client_kwargs, and no region_name there.
+        # s3fs takes the endpoint through client_kwargs, without a region_name there.
         yield S3Server(url, bucket, {"client_kwargs": {"endpoint_url": url}})
     finally:
         server.stop()
@@ -52,7 +52,7 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
-    """One local Ray instance for the whole test session (STACK.md: never one per test). Tests using it are
+    """One local Ray instance for the whole test session (never one per test: a start costs about 20 s, minutes on a busy 2-core machine). Tests using it are
     marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its processes see the S3 environment."""
     import os
 

@@ -87,7 +87,7 @@ def apply_override(data: dict, item: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data stream
-# Appended section (DESIGN.md section 5): the Ray Data training stream's configuration. Imports are local to the
+# Appended section: the Ray Data training stream's configuration. Imports are local to the
 # section so it can be appended without touching the module header.
 import math  # noqa: E402
 from typing import Literal  # noqa: E402

@@ -1,4 +1,4 @@
-"""The unified training stream (DESIGN.md section 5): every configured domain's shards, mixed by ``domain_mix``,
+"""The unified training stream: every configured domain's shards, mixed by ``domain_mix``,
 decoded and augmented in Ray Data, and split across Ray Train workers. The only module with Ray Data API calls.
 
 Epoch plan -- how the mix is realised

@@ -3,7 +3,7 @@
 Parameter and buffer names follow torchvision's ResNet exactly (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``layer1.0.downsample.0``, ...), so an ImageNet checkpoint saved from torchvision loads with
 :func:`load_backbone_weights` -- from a local file or any fsspec URL (``s3://...``) -- without torchvision being
-importable here (it is not, next to torch 2.13; STACK.md). The classifier (``fc``) is not built: parsing never
+importable here (no torchvision wheel matches torch 2.13, so it is not a dependency). The classifier (``fc``) is not built: parsing never
 uses it, and dropping it keeps the exported network free of dead parameters.
 
 ``output_stride`` 8 or 16 replaces the stride of the last one or two stages by dilation (DeepLab), so
@@ -161,7 +161,7 @@ def build_backbone(name: str, output_stride: int = 16, weights: str | None = Non
 
 
 def _read_state_dict(path: str, storage_options: Mapping | None = None) -> Mapping[str, Tensor]:
-    # weights_only=True: a checkpoint is user-supplied data and must never execute code (DESIGN.md section 8).
+    # weights_only=True: a checkpoint is user-supplied data and must never execute code.
     if "://" in path:
         import fsspec  # s3:// goes through s3fs; credentials (and AWS_ENDPOINT_URL) come from the environment
 

@@ -3,7 +3,7 @@
     loss = CE + lambda_mse * L_mse + lambda_mst * L_mst + lambda_transfer * ramp * L_transfer + lambda_kd * L_kd
 
 * CE: every pixel is scored by *its own domain's* head. It is the mean over all labelled pixels of the batch, i.e.
-  ``sum_d (n_d / N) * CE_d`` -- DESIGN.md's ``sum_d CE_d`` weighted by each domain's share of the batch, so the
+  ``sum_d (n_d / N) * CE_d`` -- the plain ``sum_d CE_d`` weighted by each domain's share of the batch, so the
   ``domain_mix`` (a tunable) really sets how much each domain counts and the loss scale does not jump with the
   number of domains a batch happens to hold. Per-domain means are returned for logging.
 * L_mse = KL(relation target || learned relation attention) + pixel-to-prototype CE (see sst.py).
@@ -25,7 +25,7 @@ foreign pixels a head learns from divided by ``(D - 1) * N`` (N: the batch's lab
 balanced domains a head's foreign term then has the weight of its own CE times lambda.
 
 Heads whose domain is absent from a batch enter CE with weight zero (``0 * logits.sum()``) so that every
-parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (DESIGN.md section 6).
+parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (which costs an extra graph traversal every step).
 Labels use -100 for "no supervision" here; the callers map 255 / out-of-range values to it.
 """
 

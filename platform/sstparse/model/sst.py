@@ -1,6 +1,6 @@
 """Scalable Semantic Transfer (training only): MSA, MSE, MST and the training wrapper :class:`SSTModel`.
 
-Our formulation (docs/sst.md has the full account and where it departs from DESIGN.md section 6):
+Our formulation (docs/sst.md has the full account and where it departs from the paper):
 
 * Classes of all domains share one global index space (domain d's class c is ``offset_d + c``), so one pass
   handles a batch that mixes domains, and nothing in the code relates one domain to another a priori.

@@ -1,0 +1,32 @@
+"""The `sstparse train` and `sstparse tune` verbs: the same entries as jobs/train.py and jobs/tune.py, and a bad
+setting is named before any Ray process starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sstparse.cli import main
+from sstparse.config import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+def test_train_and_tune_are_commands():
+    out = CliRunner().invoke(main, ["--help"])
+    assert out.exit_code == 0 and "train " in out.output and "tune " in out.output
+
+
+@pytest.mark.parametrize("verb,config,override,field", [
+    ("train", "universal.yaml", "train.epochs=0", "train.epochs"),
+    ("train", "universal.yaml", "train.epoch=3", "train.epoch"),
+    ("tune", "sweep.yaml", "job.optim.lr=-1", "optim.lr"),
+])
+def test_a_bad_override_is_named_before_ray_starts(verb, config, override, field):
+    import ray
+
+    out = CliRunner().invoke(main, [verb, "--config", str(CONFIGS / config), override])
+    assert isinstance(out.exception, ConfigError) and field in str(out.exception), out.output
+    assert not ray.is_initialized()
