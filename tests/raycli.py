@@ -134,16 +134,17 @@ def wait_job_server(address: str, env: dict, proc: subprocess.Popen | None = Non
     pytest.fail(f"the Ray head's job server did not come up in {timeout:.0f} s")
 
 
-def submit(address: str, env: dict, submission_id: str, entrypoint: list[str], attempts: int = 20
-           ) -> subprocess.CompletedProcess:
-    """`ray job submit --no-wait`. The dashboard answers before the node's job agent is ready: only that case (and
-    a timeout on a loaded machine) is retried; any other answer, a refusal included, is returned as it is."""
-    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait", "--",
-           *entrypoint]
+def submit(address: str, env: dict, submission_id: str, entrypoint: list[str], attempts: int = 20,
+           working_dir: str | None = None) -> subprocess.CompletedProcess:
+    """`ray job submit --no-wait` (with ``--working-dir .`` run from ``working_dir`` when given, as the README
+    does). The dashboard answers before the node's job agent is ready: only that case (and a timeout on a loaded
+    machine) is retried; any other answer, a refusal included, is returned as it is."""
+    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait",
+           *(["--working-dir", "."] if working_dir else []), "--", *entrypoint]
     proc = None
     for _ in range(attempts):
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=working_dir)
         except subprocess.TimeoutExpired:  # seen on a loaded 2-core machine while the agent starts
             continue
         said = proc.stdout + proc.stderr

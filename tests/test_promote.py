@@ -60,3 +60,8 @@ def test_promote_cli(tiny_shards, tmp_path):
     missing = CliRunner().invoke(main, ["promote", "--model", "nope", "--data", tiny_shards,
                                         "--tracking-uri", served.cfg.tracking_uri])
     assert missing.exit_code != 0 and "no version holds the alias 'challenger'" in missing.output
+    # After the promotion the challenger is the champion, and nothing waits: a second run says so and succeeds.
+    tracking.client(served.cfg).delete_registered_model_alias(served.name, "challenger")
+    again = CliRunner().invoke(main, ["promote", "--model", served.name, "--data", tiny_shards,
+                                      "--tracking-uri", served.cfg.tracking_uri])
+    assert again.exit_code == 0 and "no version holds 'challenger'; champion stays v2" in again.output

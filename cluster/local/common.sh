@@ -4,6 +4,9 @@
 #   SSTPARSE_CLUSTER_DIR   pid files and logs                         (~/.sstparse/cluster)
 #   RAY_TEMP_DIR           Ray's temp dir: keep it short, Ray's unix socket paths must stay under 107 bytes
 #                                                                     (/tmp/sstparse-ray)
+#   RAY_WORKER_TEMP_DIR    the second node's own temp dir ($RAY_TEMP_DIR-node2). Two nodes must not share one:
+#                          each node's runtime-env agent deletes the `--working-dir` copy it stops using, and in a
+#                          shared dir that is the copy the job's driver on the head is running in
 #   RAY_AUTH_TOKEN_PATH    the cluster token, created (mode 600) on first start unless RAY_AUTH_TOKEN is set
 #                                                                     (~/.ray/auth_token, Ray's own default)
 #   RAY_HEAD_PORT          GCS port that workers and drivers join     (6380; 6379 is left to a default `ray start`)
@@ -21,6 +24,7 @@
 
 STATE_DIR="${SSTPARSE_CLUSTER_DIR:-$HOME/.sstparse/cluster}"
 RAY_TEMP_DIR="${RAY_TEMP_DIR:-/tmp/sstparse-ray}"
+RAY_WORKER_TEMP_DIR="${RAY_WORKER_TEMP_DIR:-${RAY_TEMP_DIR}-node2}"
 RAY_HEAD_PORT="${RAY_HEAD_PORT:-6380}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-10001}"

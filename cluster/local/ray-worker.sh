@@ -14,7 +14,7 @@ start() {
     # shellcheck disable=SC2086  # the extra args are meant to split into flags
     start_daemon ray-worker "RAY_WORKER_AGENT_PORT" ray start --block --address="127.0.0.1:$RAY_HEAD_PORT" \
         --node-ip-address=127.0.0.1 --dashboard-agent-listen-port="$RAY_WORKER_AGENT_PORT" \
-        --num-cpus="$RAY_WORKER_CPUS" "${gpus[@]}" --temp-dir="$RAY_TEMP_DIR" \
+        --num-cpus="$RAY_WORKER_CPUS" "${gpus[@]}" --temp-dir="$RAY_WORKER_TEMP_DIR" \
         ${RAY_WORKER_EXTRA_ARGS:-}
     # Joined when the head lists two live nodes (state API, through the dashboard, with the token).
     wait_until ray-worker "$START_TIMEOUT" python -c '

@@ -151,17 +151,49 @@ def export(source, fmt, out, heads, tracking_uri):
 
 
 @main.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Job YAML (jobs/configs/universal.yaml, dedicated.yaml, single.yaml, ...).")
+@click.option("--smoke-test", is_flag=True, help="One tiny epoch on one worker; registers as <name>-smoke.")
+@click.option("--out", default=None, help="Folder for the pictures (default: a temp folder; they go to MLflow too).")
+@click.argument("overrides", nargs=-1)
+def train(config, smoke_test, out, overrides):
+    """Train an SST parser on Ray: the job YAML plus key=value OVERRIDES (e.g. train.epochs=3). On a local Ray
+    instance, or on the cluster when run under `ray job submit` (the same as jobs/train.py)."""
+    from sstparse.train.job import run as run_job
+
+    run_job(config, list(overrides), smoke_test, out)
+
+
+@main.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Sweep YAML (jobs/configs/sweep.yaml, sweep_dedicated.yaml).")
+@click.option("--smoke-test", is_flag=True, help="Two tiny one-epoch trials.")
+@click.option("--out", default=None, help="Folder for the sweep's table and plots (default: a temp folder).")
+@click.argument("overrides", nargs=-1)
+def tune(config, smoke_test, out, overrides):
+    """Sweep a job with Ray Tune (Optuna + ASHA), or resume the sweep of the same name: OVERRIDES are the sweep's
+    key=value settings, job.<key>=value for the job's (the same as jobs/tune.py)."""
+    from sstparse.tune.job import run as run_sweep
+
+    run_sweep(config, list(overrides), smoke_test, out)
+
+
+@main.command()
 @click.option("--model", "name", required=True, help="Registered model name, e.g. sst-universal.")
 @click.option("--data", "data_root", default="data/synth", show_default=True,
               help="Shard root holding the validation split of every head (local or s3://).")
 @click.option("--margin", default=0.0, show_default=True, type=float,
               help="mIoU (0-1) by which the challenger's mean must beat the champion's.")
+@click.option("--min-score", default=None, type=click.FloatRange(0, 1),
+              help="mIoU (0-1) the challenger's mean must reach as well (with no champion and no other version of "
+                   "its layout, the only bar).")
 @click.option("--flip-tta", is_flag=True, help="Score both with flip TTA.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Validation images per domain (default: all).")
 @click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
-def promote(name, data_root, margin, flip_tta, limit, tracking_uri):
-    """Move the `champion` alias to `challenger` if it scores better on the validation shards (an MLflow run
-    records the comparison)."""
+def promote(name, data_root, margin, min_score, flip_tta, limit, tracking_uri):
+    """Move the `champion` alias to `challenger` if it scores better on the validation shards than the champion
+    (with no champion: than the best registered version of its layout). An MLflow run records the comparison, and
+    the challenger's version gets the decision and both scores as tags."""
     import os
 
     from sstparse.promote import promote as run_promote
@@ -170,11 +202,13 @@ def promote(name, data_root, margin, flip_tta, limit, tracking_uri):
     cfg = TrackingConfig(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                          or TrackingConfig().tracking_uri)
     try:
-        result = run_promote(cfg, name, data_root, margin=margin, flip_tta=flip_tta, limit=limit)
+        result = run_promote(cfg, name, data_root, margin=margin, flip_tta=flip_tta, limit=limit,
+                             min_score=min_score)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(result.summary())
-    click.echo(f"comparison recorded as MLflow run {result.run_id}")
+    if result.run_id:
+        click.echo(f"comparison recorded as MLflow run {result.run_id}")
 
 def run():
     """Entry point that turns expected user errors into one clear line instead of a traceback."""

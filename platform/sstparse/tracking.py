@@ -53,7 +53,12 @@ class TrackingConfig(StrictModel):
         description="Artifact root for a new experiment (local path or s3://); None lets the server decide. "
                     "Relative paths are resolved against the working directory. Default: None with a tracking "
                     "server, else mlruns-artifacts.")
-    register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target>.")
+    register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target> "
+                                                      "(with -smoke appended for a --smoke-test run).")
+    allow_layout_change: bool = Field(
+        False, description="Register a version whose heads or classes differ from the versions already under the "
+                           "name (refused by default: a name is one layout, so aliases and promotion compare like "
+                           "with like).")
     enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")
 
 
@@ -234,6 +239,33 @@ def get_alias(cfg: TrackingConfig, name: str, alias: str):
         return client(cfg).get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def model_versions(cfg: TrackingConfig, name: str) -> dict[str, dict[str, str]]:
+    """Version number -> tags of every version registered under ``name`` (empty when the name is new)."""
+    try:
+        found = client(cfg).search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {str(v.version): dict(v.tags) for v in found}
+
+
+def describe_version(cfg: TrackingConfig, name: str, version: str, description: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> None:
+    """Set a registered version's description and tags (what the registry UI shows)."""
+    c = client(cfg)
+    if description is not None:
+        c.update_model_version(name, version, description=description)
+    for k, v in (tags or {}).items():
+        c.set_model_version_tag(name, version, k, str(v))
+
+
+def describe_model(cfg: TrackingConfig, name: str, description: str) -> None:
+    client(cfg).update_registered_model(name, description=description)
+
+
+def delete_alias(cfg: TrackingConfig, name: str, alias: str) -> None:
+    client(cfg).delete_registered_model_alias(name, alias)
 
 
 def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:

@@ -52,7 +52,8 @@ def cluster_env(tmp_path):
     finally:  # stop whatever is still running, by the pid files (a no-op when the test stopped it)
         for name in ("ray-worker.sh", "ray-head.sh"):
             script(name, "stop", env, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for folder in (temp_dir, f"{temp_dir}-node2"):  # the second node's own (RAY_WORKER_TEMP_DIR's default)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def http_status(url: str, token: str | None = None) -> int:
@@ -106,6 +107,32 @@ def test_token_auth_cluster_refuses_without_token_and_accepts_with_it(cluster_en
         stopped = script(name, "stop", env, timeout=120)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
         assert script(name, "status", env).returncode == 1
+
+
+def test_readme_training_submit_with_working_dir_on_two_nodes(cluster_env, tiny_shards, tmp_path):
+    """The README's cluster flow as written: `ray job submit --working-dir . -- python jobs/train.py ...
+    --smoke-test`, its Ray Train worker on the second node (the head has no CPU for it). When that worker ends, the
+    second node's runtime-env agent drops the working_dir it no longer uses; with both nodes in one temp dir that
+    deleted the head driver's copy, and the job failed while logging the model (os.getcwd() in torch.export)."""
+    env, address = cluster_env
+    store = tmp_path / "mlruns.db"
+    # As the README: the tracking URI exported before the head starts, so jobs inherit it.
+    env = {**env, "RAY_HEAD_CPUS": "0", "RAY_WORKER_CPUS": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    for name in ("ray-head.sh", "ray-worker.sh"):
+        started = script(name, "start", env)
+        assert started.returncode == 0, started.stdout + started.stderr
+    entry = ["python", "jobs/train.py", "--config", "jobs/configs/universal.yaml", "--smoke-test",
+             f"data.root={tiny_shards}", f"train.storage_path={tmp_path / 'ray_results'}"]
+    submitted = submit(address, {**env, "RAY_AUTH_MODE": "token"}, "readme-train", entry, working_dir=str(REPO))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    token = (tmp_path / "state" / "auth_token").read_text()
+    status, logs = wait_job(address, "readme-train", timeout=600, headers={"Authorization": f"Bearer {token}"})
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "registered sst-universal-smoke version 1" in logs
+    from sstparse.tracking import TrackingConfig, get_alias
+
+    champion = get_alias(TrackingConfig(tracking_uri=f"sqlite:///{store}"), "sst-universal-smoke", "champion")
+    assert str(champion.version) == "1"
 
 
 @pytest.mark.parametrize("taken", ["RAY_DASHBOARD_PORT", "RAY_HEAD_AGENT_PORT"])

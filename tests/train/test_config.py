@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sstparse.config import ConfigError, load_yaml, validate
@@ -18,6 +20,14 @@ def test_universal_defaults_and_derived_names():
     job = _job()
     assert job.domain_names == ["syn_lip", "syn_ppp"] and job.objective == "val/mean_miou"
     assert job.registered_name == "sst-universal"
+    assert _job(smoke_test=True).registered_name == "sst-universal-smoke"  # a smoke run never joins the real model
+
+
+def test_a_smoke_test_registers_under_a_name_that_says_so():
+    from sstparse.train.job import load_job
+
+    job = load_job(Path(__file__).parents[2] / "jobs/configs/universal.yaml", smoke_test=True)
+    assert job.train.smoke_test and job.registered_name == "sst-universal-smoke"
 
 
 def test_single_mode_trains_its_target_only():

@@ -58,6 +58,16 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path)
     assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [2, 3]  # 3: the last epoch
     assert len(_runs(job, "tiny")) == 1
 
+    # The first version was promoted at once (README: models:/<name>@champion works after one run); the resumed
+    # run's model is the challenger. Each version says what it is.
+    c = tracking.client(job.tracking)
+    assert str(c.get_model_version_by_alias("sst-test-universal", "champion").version) == "1"
+    assert str(c.get_model_version_by_alias("sst-test-universal", "challenger").version) == "2"
+    v1 = c.get_model_version("sst-test-universal", "1")
+    assert v1.tags["source_run"] == first.run_id and v1.tags["promotion.decision"] == "promoted"
+    assert v1.tags["checkpoint"] == first.checkpoint_path and v1.tags["epoch"] == "2"
+    assert "syn_atr (18 classes)" in v1.description and "validation mIoU" in v1.description
+
     # The registered pyfunc loads in this process, keeps every head, and parses with any of them.
     model = mlflow.pyfunc.load_model("models:/sst-test-universal/1")
     heads = model.unwrap_python_model().heads

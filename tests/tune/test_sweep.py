@@ -1,5 +1,5 @@
 """A small sweep end to end on the shared Ray session: Optuna + ASHA over tiny trials, an interruption and
-Tuner.restore, MLflow parent/child runs, and the challenger alias."""
+Tuner.restore, MLflow parent/child runs, and the registered model."""
 
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     artifacts = {a.path for a in tracking.client(job.tracking).list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/optimisation_history.png", "sweep/objective_vs_params.png"} <= artifacts
 
-    # The challenger is the best finished trial's model.
+    # The best finished trial's model is registered; as the name's first version it became champion at once
+    # (a later sweep's model is the challenger, which `sstparse promote` compares with it).
     best = max((r for r in result.rows if r["status"] == "completed"), key=lambda r: r["val/mean_miou"])
-    version = tracking.get_alias(job.tracking, "sst-test-sweep", "challenger")
+    version = tracking.get_alias(job.tracking, "sst-test-sweep", "champion")
     assert result.best is best and str(version.version) == result.registered_version
-    assert version.run_id == best["run_id"]
+    assert version.run_id == best["run_id"] and version.tags["source_run"] == best["run_id"]

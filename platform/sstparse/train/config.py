@@ -129,6 +129,8 @@ class TrainConfig(StrictModel):
     log_every: int = Field(20, ge=1, description="Training-loss log interval in steps.")
     seed: int = Field(0, description="Seeds model init and the data stream.")
     fault_injection: FaultInjection | None = Field(None, description="Crash a worker on purpose (tests).")
+    smoke_test: bool = Field(False, description="Set by --smoke-test: the model registers as <name>-smoke, so a "
+                                                "smoke run never becomes a version of the real model.")
 
 
 class JobConfig(StrictModel):
@@ -173,6 +175,6 @@ class JobConfig(StrictModel):
 
     @property
     def registered_name(self) -> str:
-        if self.tracking.register_as:
-            return self.tracking.register_as
-        return "sst-universal" if self.train.mode == "universal" else f"sst-{self.train.target}"
+        name = self.tracking.register_as or ("sst-universal" if self.train.mode == "universal"
+                                             else f"sst-{self.train.target}")
+        return f"{name}-smoke" if self.train.smoke_test else name

@@ -18,7 +18,7 @@ from sstparse.train.trainer import FitResult, fit
 # Small enough to finish in about a minute on a laptop CPU; the point is to exercise every stage.
 SMOKE_OVERRIDES = [
     "train.epochs=1", "train.num_workers=1", "train.cpus_per_worker=0.5", "data.epoch_size=16",
-    "data.batch_size=4", "data.crop_size=96", "model.backbone=tiny",
+    "data.batch_size=4", "data.crop_size=96", "model.backbone=tiny", "train.smoke_test=true",
 ]
 
 

@@ -22,11 +22,12 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from sstparse import plots, tracking
+from sstparse import plots, registry, tracking
 from sstparse.data import pipeline
 from sstparse.data.shards import filesystem
 from sstparse.domains import load_domains
 from sstparse.model.sst import inference_model
+from sstparse.promote import CHALLENGER, settle_new_version
 from sstparse.train.config import JobConfig
 from sstparse.train.loop import EVAL_FILE, META_FILE, STATE_FILE, build_model, train_loop_per_worker
 
@@ -155,6 +156,8 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     its best trial only, and a trial ASHA stops is killed before it could get here anyway."""
     job = absolute_paths(job)
     name = name or run_name(job)
+    if register and log_model and job.tracking.enabled:
+        registry.check_job(job)  # hours of training must not end in a refused registration
     run_id = _run_id(job, name, parent_run_id)
     try:
         result = build_trainer(job, name, run_id, callbacks).fit()
@@ -166,7 +169,7 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
         raise
     best = _best_checkpoint(result, job.objective)
     with best.as_directory() as d:
-        version = finalize(job, Path(d), run_id, register, alias, out_dir) if log_model else None
+        version = finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path) if log_model else None
         meta = json.loads((Path(d) / META_FILE).read_text())
     return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version)
 
@@ -191,8 +194,10 @@ def load_checkpoint_model(path: Path):
 
 
 def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, alias: str | None,
-             out_dir: str | None) -> str | None:
-    """Pictures of the best checkpoint (confusion matrices, learned vs true associations), then the model."""
+             out_dir: str | None, source: str | None = None) -> str | None:
+    """Pictures of the best checkpoint (confusion matrices, learned vs true associations), then the model: logged,
+    registered with its description and tags, and given ``alias`` (default challenger; a name's first version
+    becomes champion through promotion). ``source``: the checkpoint's storage path, for the version's tags."""
     _, model, meta = load_checkpoint_model(ckpt)
     out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-artifacts-"))
     pictures = artifact_pictures(job, model, np.load(ckpt / EVAL_FILE), out)
@@ -200,8 +205,19 @@ def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, ali
         return None
     tracking.log_artifacts(job.tracking, run_id, pictures, "plots")
     tracking.log_artifacts(job.tracking, run_id, [ckpt / META_FILE], "checkpoint")
-    version = tracking.log_pyfunc_model(job.tracking, run_id, inference_model(model),
-                                        register_as=job.registered_name if register else None, alias=alias)
+    name = job.registered_name if register else None
+    parser = inference_model(model)  # the heads it serves: all, or a dedicated model's target
+    layout = registry.layout_of([load_domains()[n] for n in parser.domain_names])
+    if name:
+        registry.check_layout(job.tracking, name, layout, job.tracking.allow_layout_change)
+    version = tracking.log_pyfunc_model(job.tracking, run_id, parser, register_as=name)
+    if version:
+        card = registry.version_card(job, layout, meta, run_id, source or str(ckpt), name)
+        registry.describe(job.tracking, name, version, card, layout)
+        decision = settle_new_version(job.tracking, name, version, {d: job.data.root_of(d) for d in layout},
+                                      job.data.storage_options, alias or CHALLENGER)
+        if decision:
+            print(decision.summary(), flush=True)
     tracking.end_run(job.tracking, run_id)
     return version
 

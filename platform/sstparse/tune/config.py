@@ -85,7 +85,8 @@ class SweepConfig(StrictModel):
     scheduler: SchedulerConfig = SchedulerConfig()
     register_alias: str | None = Field(
         "challenger", description="Register the best trial's model under the job's model name with this alias "
-                                  "(None: do not register).")
+                                  "(None: do not register). With 'challenger' and no champion yet under the name, "
+                                  "the model is promoted at once (sstparse.promote).")
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:

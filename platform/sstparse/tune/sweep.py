@@ -31,7 +31,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from sstparse import plots, tracking
+from sstparse import plots, registry, tracking
 from sstparse.config import ConfigError, validate
 from sstparse.train.config import JobConfig
 from sstparse.train.loop import META_FILE
@@ -157,6 +157,8 @@ def run_sweep(sweep: SweepConfig, job: JobConfig, callbacks: list | None = None,
         base = str(Path(base).resolve())
     sweep = sweep.model_copy(update={"storage_path": base})
     parent = None
+    if job.tracking.enabled and sweep.register_alias:
+        registry.check_job(job)
     if job.tracking.enabled:
         parent = recorded_run(job.tracking, base, sweep.name, tags={"sweep": "parent", "objective": job.objective})
         tracking.log_params(job.tracking, parent, {"sweep": sweep.model_dump(mode="json")})
@@ -231,7 +233,7 @@ def log_best(best: dict[str, Any], sweep: SweepConfig, job: JobConfig, out: Path
         trial_job = trial_job.model_copy(update={"data": trial_job.data.model_copy(
             update={"storage_options": job.data.storage_options})})
         return finalize(trial_job, Path(d), best["run_id"], register=sweep.register_alias is not None,
-                        alias=sweep.register_alias, out_dir=str(out))
+                        alias=sweep.register_alias, out_dir=str(out), source=best["checkpoint"])
 
 
 def close_child_runs(rows: list[dict[str, Any]], best: dict[str, Any] | None, job: JobConfig) -> None:
