@@ -39,6 +39,8 @@ START_TIMEOUT="${SSTPARSE_START_TIMEOUT:-300}"
 # On SIGTERM a Ray node first drains (up to 30 s) so that Ray Serve can move replicas away; nothing here serves, and
 # a stop should stop. Export another value to keep the drain.
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
+# Ray Data's per-dataset INFO lines ("execution finished in ...", every epoch) stay out of job logs; warnings stay.
+export RAY_DATA_LOG_LEVEL="${RAY_DATA_LOG_LEVEL:-WARNING}"
 
 mkdir -p "$STATE_DIR"
 

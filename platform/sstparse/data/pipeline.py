@@ -437,6 +437,12 @@ class DataStream:
         return ray.get(self._sink[0].records.remote(self._stream_id))
 
 
+def set_verbose(verbose: bool) -> None:
+    """Whether Ray Data prints each execution's start and plan (two INFO lines per epoch and validation set).
+    Datasets built after this carry the setting to the processes that execute them."""
+    ray.data.DataContext.get_current().print_on_execution_start = verbose
+
+
 def build_train_dataset(cfg: DataConfig, domains: Domains, start_epoch: int = 0) -> Dataset:
     return DataStream(cfg, domains, start_epoch).train_dataset()
 

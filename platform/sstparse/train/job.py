@@ -34,6 +34,10 @@ def connect(num_cpus: int | None = None) -> None:
     workers' CPUs stay reserved and later trials wait for ever. ``num_cpus`` sizes a local instance only."""
     if ray.is_initialized():
         return
+    # Ray Data's INFO lines ("Dataset ... execution finished", per dataset and epoch) come from its own processes,
+    # which read this at start: a local instance inherits it from here (a cluster's nodes from their environment;
+    # cluster/local/common.sh sets it). Export RAY_DATA_LOG_LEVEL=INFO to see them.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:

@@ -10,6 +10,7 @@ comes in the config and is kept in the checkpoint).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -32,10 +33,13 @@ from sstparse.redact import redact
 from sstparse.train.config import JobConfig, OptimConfig
 
 STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
+LOSS_TERMS = ("loss", "ce", "mse", "mst", "kd", "transfer", "aux")  # logged per epoch as train/<term>
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = JobConfig.model_validate(config["job"])
+    if not job.train.verbose:  # e.g. Ray Train's "Reporting training result ..." (whole metric dict) per rank
+        logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     domains = [load_domains()[n] for n in job.domain_names]
@@ -62,9 +66,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validated = (epoch + 1) % job.train.val_every == 0 or epoch + 1 == job.train.epochs
         val_metrics, matrices = validate(model, domains, job) if validated else ({}, {})
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
+        if rank == 0:
+            print(epoch_line(metrics, job.train.epochs), flush=True)
         if run_id:
             tracking.log_metrics(job.tracking, run_id, metrics, step=epoch + 1)
         report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank, validated)
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """The console's one line per epoch: loss, validation score when validated, time left at this epoch's pace."""
+    done, seconds = metrics["epoch"], metrics["time/epoch_s"]
+    val = f", val mean mIoU {100 * metrics['val/mean_miou']:.1f}%" if "val/mean_miou" in metrics else ""
+    return (f"epoch {done}/{epochs}: loss {metrics.get('train/loss', float('nan')):.3f}{val}, {seconds:.0f} s, "
+            f"about {(epochs - done) * seconds / 60:.1f} min left")
 
 
 def build_model(job: JobConfig, domains: list[LabelDomain]) -> SSTModel:
@@ -109,7 +123,9 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
     device = ray.train.torch.get_device()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=job.train.amp == "fp16")
-    sums: dict[str, float] = {}
+    # Loss terms are summed on the device and read at the log interval: a float() per term and step would make the
+    # host wait for the GPU every step.
+    sums: dict[str, torch.Tensor] = {}
     steps, images, t0 = 0, 0, time.perf_counter()
     fault = job.train.fault_injection
     # drop_last: Ray Train splits the stream into equal shards, so every rank runs the same number of steps
@@ -132,14 +148,15 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        for k in ("loss", "ce", "mse", "mst", "kd", "transfer", "aux"):
+        for k in LOSS_TERMS:
             if k in out:
-                sums[k] = sums.get(k, 0.0) + float(out[k].detach())
+                term = out[k].detach().float()
+                sums[k] = sums[k] + term if k in sums else term
         steps, images = steps + 1, images + len(batch["domain"])
         if steps % job.train.log_every == 0 and rank == 0:
-            print(f"epoch {epoch + 1} step {steps}: loss {sums['loss'] / steps:.3f}", flush=True)
+            print(f"epoch {epoch + 1} step {steps}: loss {float(sums['loss']) / steps:.3f}", flush=True)
     dt = time.perf_counter() - t0
-    return {**{f"train/{k}": v / max(steps, 1) for k, v in sums.items()}, "train/steps": steps,
+    return {**{f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}, "train/steps": steps,
             "train/img_per_s": images / dt if dt else 0.0, "lr": scheduler.get_last_lr()[0]}
 
 

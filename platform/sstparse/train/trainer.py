@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import tempfile
 from dataclasses import dataclass
@@ -102,6 +103,11 @@ def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
 def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list | None = None) -> TorchTrainer:
     domains = [load_domains()[n] for n in job.domain_names]
     data = job.training_data()
+    pipeline.set_verbose(job.train.verbose)
+    if not job.train.verbose:
+        # Ray Train sends a worker's print() to stdout and to its logger, which prints it again; without the patch
+        # each progress line appears once. Ray propagates this variable from the driver to the workers.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     datasets = {"train": pipeline.build_train_dataset(data, domains),
                 **{f"val_{n}": ds for n, ds in pipeline.build_val_datasets(data, domains).items()}}
     world = job.train.num_workers
@@ -118,7 +124,8 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep,
                                                          checkpoint_score_attribute=job.objective,
                                                          checkpoint_score_order="max"),
-            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if job.train.verbose else "WARNING")),
         datasets=datasets,
     )
 
