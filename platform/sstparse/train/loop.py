@@ -77,7 +77,8 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     """The console's one line per epoch: loss, validation score when validated, time left at this epoch's pace."""
     done, seconds = metrics["epoch"], metrics["time/epoch_s"]
     val = f", val mean mIoU {100 * metrics['val/mean_miou']:.1f}%" if "val/mean_miou" in metrics else ""
-    return (f"epoch {done}/{epochs}: loss {metrics.get('train/loss', float('nan')):.3f}{val}, {seconds:.0f} s, "
+    return (f"epoch {done}/{epochs}: loss {metrics.get('train/loss', float('nan')):.3f}{val}, "
+            f"{metrics.get('train/img_per_s', 0.0):.0f} img/s per worker, {seconds:.0f} s, "
             f"about {(epochs - done) * seconds / 60:.1f} min left")
 
 
