@@ -22,7 +22,7 @@ from sstparse.train.config import JobConfig
 # (minuend, subtrahend, domains): the comparisons the report makes, in the order it lists them.
 COMPARISONS = (("C", "B", DOMAINS), ("C", "A", DOMAINS), ("B", "A", DOMAINS), ("D", "A", (TARGET,)),
                ("D", "C", (TARGET,)), ("A2", "A", DOMAINS), ("C", "C-LT", DOMAINS), ("C", "C-MST", DOMAINS),
-               ("C", "C-MSE", DOMAINS), ("BDS", "B", DOMAINS), ("CK", "C", DOMAINS))
+               ("C", "C-MSE", DOMAINS), ("BDS", "B", DOMAINS), ("C", "BDS", DOMAINS), ("CK", "C", DOMAINS))
 
 
 def paired_interval(diffs) -> tuple[float, float, float]:
