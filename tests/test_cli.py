@@ -24,9 +24,14 @@ def test_train_and_tune_are_commands():
     ("train", "universal.yaml", "train.epoch=3", "train.epoch"),
     ("tune", "sweep.yaml", "job.optim.lr=-1", "optim.lr"),
 ])
-def test_a_bad_override_is_named_before_ray_starts(verb, config, override, field):
-    import ray
+def test_a_bad_override_is_named_before_ray_starts(verb, config, override, field, monkeypatch):
+    import sstparse.train.job
+    import sstparse.tune.job
 
+    def connect(*args, **kwargs):
+        raise AssertionError("Ray was started before the job was validated")
+
+    for module in (sstparse.train.job, sstparse.tune.job):
+        monkeypatch.setattr(module, "connect", connect)
     out = CliRunner().invoke(main, [verb, "--config", str(CONFIGS / config), override])
     assert isinstance(out.exception, ConfigError) and field in str(out.exception), out.output
-    assert not ray.is_initialized()
