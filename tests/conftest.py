@@ -52,8 +52,8 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
-    """One local Ray instance for the whole test session (never one per test: a start costs about 20 s, minutes on a busy 2-core machine). Tests using it are
-    marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its processes see the S3 environment."""
+    """One local Ray instance for the whole test session (never one per test: a start costs about 20 s, minutes on
+    a busy 2-core machine). Tests using it are marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its processes see the S3 environment."""
     import os
 
     import ray

@@ -92,8 +92,9 @@ def version_card(job, layout: Mapping[str, Sequence[str]], meta: Mapping[str, An
     command = command or "python " + shlex.join(sys.argv)
     mix = job.training_data().domain_mix
     trained = ", ".join(f"{d} ({n} images, weight {mix[d]:g})" for d, n in train_counts(job).items())
-    rows = [f"| {d} | {len(classes)} | " + (f"{100 * metrics[f'val/{d}/miou']:.1f}%" if f"val/{d}/miou" in metrics
-                                             else "-") + " |" for d, classes in layout.items()]
+    scores = {d: metrics.get(f"val/{d}/miou") for d in layout}
+    rows = [f"| {d} | {len(classes)} | {'-' if scores[d] is None else f'{100 * scores[d]:.1f}%'} |"
+            for d, classes in layout.items()]
     first = next(iter(layout))
     description = "\n".join([
         f"{job.train.mode} human parser ({job.model.backbone} backbone), epoch {meta.get('epoch', '?')} of "

@@ -3,8 +3,9 @@
 Parameter and buffer names follow torchvision's ResNet exactly (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``layer1.0.downsample.0``, ...), so an ImageNet checkpoint saved from torchvision loads with
 :func:`load_backbone_weights` -- from a local file or any fsspec URL (``s3://...``) -- without torchvision being
-importable here (no torchvision wheel matches torch 2.13, so it is not a dependency). The classifier (``fc``) is not built: parsing never
-uses it, and dropping it keeps the exported network free of dead parameters.
+importable here (the registry's torchvision does not import beside torch 2.13, so it is not a dependency). The
+classifier (``fc``) is not built: parsing never uses it, and dropping it keeps the exported network free of dead
+parameters.
 
 ``output_stride`` 8 or 16 replaces the stride of the last one or two stages by dilation (DeepLab), so
 ``c4``/``c5`` keep a finer grid; the four outputs are then at strides 4, 8, 8|16, 8|16 instead of 4, 8, 16, 32.

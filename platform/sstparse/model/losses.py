@@ -25,7 +25,8 @@ foreign pixels a head learns from divided by ``(D - 1) * N`` (N: the batch's lab
 balanced domains a head's foreign term then has the weight of its own CE times lambda.
 
 Heads whose domain is absent from a batch enter CE with weight zero (``0 * logits.sum()``) so that every
-parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (which costs an extra graph traversal every step).
+parameter is reached by autograd every step and DDP needs no ``find_unused_parameters`` (which costs an extra
+traversal of the autograd graph every step).
 Labels use -100 for "no supervision" here; the callers map 255 / out-of-range values to it.
 """
 

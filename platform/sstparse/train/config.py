@@ -129,8 +129,9 @@ class TrainConfig(StrictModel):
     log_every: int = Field(20, ge=1, description="Training-loss log interval in steps.")
     verbose: bool = Field(False, description="Ray's own INFO lines in the console as well: each worker's metric "
                                              "report every epoch, checkpoint paths, Ray Data's execution plans. "
-                                             "Off: the loss lines, the epoch summaries, warnings and errors. (Ray Data's "
-                                             "INFO lines also need RAY_DATA_LOG_LEVEL=INFO where Ray starts.)")
+                                             "Off: the loss lines, the epoch summaries, warnings and errors. "
+                                             "(Ray Data's INFO lines also need RAY_DATA_LOG_LEVEL=INFO where Ray "
+                                             "starts.)")
     seed: int = Field(0, description="Seeds model init and the data stream.")
     fault_injection: FaultInjection | None = Field(None, description="Crash a worker on purpose (tests).")
     smoke_test: bool = Field(False, description="Set by --smoke-test: the model registers as <name>-smoke, so a "
