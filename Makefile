@@ -8,6 +8,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 DATA    ?= data/synth
+# extra arguments for jobs/demo.py, e.g. DEMO_ARGS="train.epochs=2" (key=value overrides of the training job)
+DEMO_ARGS ?=
 
 export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python jobs/demo.py --data $(DATA)
+	$(BIN)/python jobs/demo.py --data $(DATA) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -3,7 +3,7 @@
     python jobs/benchmark.py --seeds 0 1 2                  # the headline (A, B, C, D), CPU size
     python jobs/benchmark.py --seeds 0 --arms A2 C-LT C-MST C-MSE BDS   # convergence check and ablations
     python jobs/benchmark.py --protocol steps --arms B C    # secondary: equal steps per model
-    python jobs/benchmark.py --smoke-test                   # every arm's code path, a few steps (CI runs it)
+    python jobs/benchmark.py --smoke-test                   # every code path, a few steps (CI runs it)
     python jobs/benchmark.py --size gpu                     # the larger size for one GPU
 
 Every (protocol, arm, seed) is stored as <out>/runs/<protocol>-<arm>-s<seed>.json once scored, and its training
@@ -50,8 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--protocol", choices=bench.PROTOCOLS, default="passes")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--smoke-test", action="store_true",
-                    help="every arm's code path (benchmark.SMOKE_ARMS), one seed, a few steps per model, 4 test "
-                         "images per domain")
+                    help="every distinct code path (benchmark.SMOKE_ARMS; A on syn_ppp only), one seed, a few steps "
+                         "per model, 4 test images per domain")
     ap.add_argument("--report-only", action="store_true",
                     help="merge the stored results into <out>/report.md without training or timing anything")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the base job")
@@ -77,7 +77,8 @@ def run_arms(args, base, parent: str | None) -> None:
                 print(f"[benchmark] {path.name}: stored, skipped", flush=True)
                 continue
             run = bench.run_arm(base, arm, seed, args.protocol, parent, latency_runs=1 if args.smoke_test else 5,
-                                score_limit=4 if args.smoke_test else None)
+                                score_limit=4 if args.smoke_test else None,
+                                single_domains=bench.SMOKE_SINGLE_DOMAINS if args.smoke_test else bench.DOMAINS)
             run.save(folder)
             print(f"[benchmark] {run.key} ({run.minutes:.1f} min): " + ", ".join(
                 f"{d} {100 * v:.1f}" for d, v in run.miou.items()), flush=True)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sstparse.config import DataConfig
+from sstparse.data.config import DataConfig
 from sstparse.data import augment as aug
 from sstparse.data.generate import generate
 from sstparse.data.pipeline import READ_COLUMNS, DataStream, iter_train_batches

@@ -10,11 +10,11 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from sstparse import tracking
+from sstparse import export, tracking
 from sstparse.data.augment import normalize
 from sstparse.domains import load_domains
 from sstparse.model.sst import SSTModel
-from sstparse.tracking import TrackingConfig
+from sstparse.config import TrackingConfig
 from sstparse.train.config import JobConfig
 
 HEADS = ("syn_lip", "syn_ppp")
@@ -38,7 +38,7 @@ def tiny_job(heads: Sequence[str] = HEADS) -> JobConfig:
 
 
 def tiny_model(heads: Sequence[str] = HEADS, seed: int = 0) -> SSTModel:
-    from sstparse.train.loop import build_model
+    from sstparse.train.checkpoints import build_model
 
     torch.manual_seed(seed)
     model = build_model(tiny_job(heads), [load_domains()[h] for h in heads]).eval()
@@ -59,7 +59,7 @@ def log_tiny(tmp: Path, heads: Sequence[str] = HEADS, name: str = "sst-test") ->
                          experiment="serving")
     model = tiny_model(heads)
     run = tracking.start_run(cfg, "serving")
-    version = tracking.log_pyfunc_model(cfg, run, inference_model(model), register_as=name, alias="champion")
+    version = export.log_pyfunc_model(cfg, run, inference_model(model), register_as=name, alias="champion")
     assert version == "1"
     return Served(cfg, name, model)
 

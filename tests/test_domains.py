@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sstparse.config import ConfigError
-from sstparse.data import atoms
+from sstparse import atoms
 from sstparse.domains import DEFAULT_DATASETS_DIR, get_domain, load_domain, load_domains
 
 CARDS = sorted(DEFAULT_DATASETS_DIR.glob("*.yaml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from sstparse import tracking
+from sstparse import export, tracking
 from sstparse.cli import main
 from sstparse.model.sst import inference_model
 from sstparse.promote import promote
@@ -14,7 +14,7 @@ from tests.serving import log_tiny, tiny_model
 
 def _challenger(served, seed: int = 1) -> str:
     run = tracking.start_run(served.cfg, f"challenger-{seed}")
-    return tracking.log_pyfunc_model(served.cfg, run, inference_model(tiny_model(seed=seed)),
+    return export.log_pyfunc_model(served.cfg, run, inference_model(tiny_model(seed=seed)),
                                      register_as=served.name, alias="challenger")
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from sstparse import registry, tracking
+from sstparse import export, registry, tracking
 from sstparse.data.shards import read_manifest
 from sstparse.domains import load_domains
 from sstparse.model.sst import inference_model
 from sstparse.promote import promote, settle_new_version
-from sstparse.tracking import TrackingConfig
+from sstparse.config import TrackingConfig
 from tests.serving import HEADS, tiny_job, tiny_model
 
 
@@ -22,7 +22,7 @@ def _cfg(tmp_path) -> TrackingConfig:
 def _register(cfg, name: str, root: str, seed: int = 0, score: float | None = 0.2, heads=HEADS) -> str:
     """A tiny model registered as training registers it: logged, then described from its checkpoint's meta."""
     run = tracking.start_run(cfg, f"train-{seed}")
-    version = tracking.log_pyfunc_model(cfg, run, inference_model(tiny_model(heads, seed=seed)), register_as=name)
+    version = export.log_pyfunc_model(cfg, run, inference_model(tiny_model(heads, seed=seed)), register_as=name)
     job = tiny_job(heads).model_copy(update={"data": tiny_job(heads).data.model_copy(update={"root": root})})
     metrics = {f"val/{h}/miou": 0.1 for h in heads} | ({"val/mean_miou": score} if score is not None else {})
     layout = registry.layout_of([load_domains()[h] for h in heads])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sstparse import tracking
+from sstparse import export, tracking
 from sstparse.model.sst import inference_model
-from sstparse.tracking import TrackingConfig
+from sstparse.config import TrackingConfig
 from tests.serving import tiny_model
 
 
@@ -34,7 +34,7 @@ def test_child_runs_and_registry_alias(tmp_path):
     parent = tracking.start_run(cfg, "sweep")
     child = tracking.start_run(cfg, "trial_a", parent_run_id=parent)
     assert [r.info.run_id for r in tracking.find_runs(cfg, f"tags.mlflow.parentRunId = '{parent}'")] == [child]
-    version = tracking.log_pyfunc_model(cfg, child, inference_model(tiny_model()), register_as="sst-test",
+    version = export.log_pyfunc_model(cfg, child, inference_model(tiny_model()), register_as="sst-test",
                                         alias="challenger")
     assert version == "1"
     assert str(tracking.get_alias(cfg, "sst-test", "challenger").version) == "1"

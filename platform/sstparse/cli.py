@@ -1,13 +1,18 @@
-"""``sstparse`` command line. Each command is a thin wrapper over a package function."""
+"""``sstparse`` command line. Each command is a thin wrapper over a package function.
+
+Commands import their package module when they run, not here: ``sstparse --help`` and a quick ``inspect`` should
+not pay for importing torch, Ray and MLflow (seconds each).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from sstparse.config import ConfigError
+from sstparse.config import ConfigError, TrackingConfig
 from sstparse.data.shards import SPLITS, BadRecord
 
 
@@ -194,10 +199,7 @@ def promote(name, data_root, margin, min_score, flip_tta, limit, tracking_uri):
     """Move the `champion` alias to `challenger` if it scores better on the validation shards than the champion
     (with no champion: than the best registered version of its layout). An MLflow run records the comparison, and
     the challenger's version gets the decision and both scores as tags."""
-    import os
-
     from sstparse.promote import promote as run_promote
-    from sstparse.tracking import TrackingConfig
 
     cfg = TrackingConfig(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                          or TrackingConfig().tracking_uri)

@@ -7,11 +7,12 @@ Derived values (number of classes, ...) are properties computed from the data, n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,105 +87,44 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-# ----------------------------------------------------------------------------------------------- data stream
-# Appended section: the Ray Data training stream's configuration. Imports are local to the
-# section so it can be appended without touching the module header.
-import math  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from pydantic import Field, field_validator, model_validator  # noqa: E402
+# ----------------------------------------------------------------------------------------------- tracking
+# Here rather than in sstparse.tracking: job, sweep and registry schemas name it, and validating them must not
+# import MLflow.
+LOCAL_STORE = "sqlite:///mlruns.db"
 
 
-class ColorJitterConfig(StrictModel):
-    """Photometric augmentation; each factor is drawn from [1 - x, 1 + x] per sample (0 disables it)."""
-
-    brightness: float = Field(0.3, ge=0, lt=1, description="Brightness jitter strength.")
-    contrast: float = Field(0.3, ge=0, lt=1, description="Contrast jitter strength.")
-    saturation: float = Field(0.3, ge=0, lt=1, description="Saturation jitter strength.")
+def is_server(uri: str) -> bool:
+    """A tracking server (it stores artifacts itself) rather than a local store."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
 
 
-class DataConfig(StrictModel):
-    """The training stream: which domains, where their shards live, how they are mixed and augmented."""
+def _default_tracking_uri() -> str:
+    # MLflow's own convention: on a cluster MLFLOW_TRACKING_URI comes from the nodes' environment (a Kubernetes
+    # Secret, the local cluster scripts), so the same job YAML runs locally and there.
+    return os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
 
-    domain_mix: dict[str, float] = Field(
-        min_length=1,
-        description="Domain name -> sampling weight. The key order fixes the `domain` index carried by every "
-                    "batch (and so the head index), also for weight-0 domains, which are kept for validation "
-                    "but excluded from training. Per epoch a domain contributes round(N * w / sum(w)) samples; "
-                    "scarce domains are oversampled.")
-    root: str | None = Field(
-        None, description="Shard root (local path or s3://bucket/prefix) used for every domain not in `roots`.")
-    roots: dict[str, str] = Field(
-        default_factory=dict, description="Per-domain shard roots overriding `root` (e.g. one bucket per dataset).")
-    storage_options: dict[str, object] = Field(
-        default_factory=dict,
-        description="fsspec options for remote roots (e.g. {client_kwargs: {endpoint_url: ...}}); credentials "
-                    "normally come from the environment.")
-    crop_size: int = Field(256, ge=16, le=2048, description="Side of the square training crop, pixels.")
-    scale_range: tuple[float, float] = Field(
-        (0.5, 1.5), description="Random scale factor range (min, max) applied before cropping.")
-    flip: float = Field(0.5, ge=0, le=1,
-                        description="Probability of a horizontal flip (with the domain's left/right class swap).")
-    color_jitter: ColorJitterConfig = Field(default_factory=ColorJitterConfig,
-                                            description="Colour jitter strengths.")
-    epoch_size: int | None = Field(
-        None, ge=1,
-        description="Samples per training epoch (N). Default: the total train count of the domains with a "
-                    "positive weight, i.e. about one pass over the data.")
-    batch_size: int = Field(16, ge=1, description="Samples per batch per Train worker.")
-    shuffle_buffer: int = Field(
-        0, ge=0,
-        description="Rows of the consumer-side local shuffle buffer (0 disables). Off by default: every block "
-                    "already mixes the domains in proportion (see sstparse.data.pipeline); a buffer only adds "
-                    "cross-task mixing, at a copy of every row in the consumer.")
-    task_rows: int = Field(
-        256, ge=1,
-        description="Planned samples per read task. Each task reads the parts holding its samples (all domains), "
-                    "so larger tasks re-read fewer part files; smaller ones balance better across cores.")
-    block_rows: int | None = Field(
-        None, ge=1, description="Rows per augmented block (default: batch_size, so blocks map 1:1 onto batches).")
-    on_bad_record: Literal["error", "skip"] = Field(
-        "error",
-        description="A record that fails to decode or check at read time: `error` stops with a message naming "
-                    "it; `skip` drops it, counts it and reports it (DataStream.bad_records(), pipeline.bad_records()).")
-    seed: int = Field(0, ge=0, description="Seed of the epoch plans and of every sample's augmentation.")
 
-    @field_validator("domain_mix")
-    @classmethod
-    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        from sstparse.domains import load_domains  # local: sstparse.domains imports this module
+def _default_artifact_location(data: dict) -> str | None:
+    # A server decides (its --artifacts-destination / --default-artifact-root); a local store gets a local folder.
+    return None if is_server(data.get("tracking_uri") or LOCAL_STORE) else "mlruns-artifacts"
 
-        known = load_domains()
-        for name, w in v.items():
-            if name not in known:
-                raise ValueError(f"unknown domain {name!r}; known: {sorted(known)}")
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"domain {name!r}: weight must be finite and >= 0, got {w}")
-        if not any(w > 0 for w in v.values()):
-            raise ValueError(f"at least one domain needs a positive weight, got {v}")
-        return v
 
-    @field_validator("scale_range")
-    @classmethod
-    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError(f"need 0 < min <= max, got {v}")
-        return v
+class TrackingConfig(StrictModel):
+    """Where runs, artifacts and registered models go."""
 
-    @model_validator(mode="after")
-    def _roots(self) -> "DataConfig":
-        extra = [d for d in self.roots if d not in self.domain_mix]
-        if extra:
-            raise ValueError(f"roots: domain(s) {extra} not in domain_mix")
-        missing = [d for d in self.domain_mix if d not in self.roots and not self.root]
-        if missing:
-            raise ValueError(f"no shard root for domain(s) {missing}: set `root` or `roots`")
-        return self
-
-    @property
-    def domains(self) -> list[str]:
-        """Ordered domain names; index i is the value of the `domain` column."""
-        return list(self.domain_mix)
-
-    def root_of(self, domain: str) -> str:
-        return self.roots.get(domain) or self.root  # type: ignore[return-value]
+    tracking_uri: str = Field(default_factory=_default_tracking_uri,
+                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on "
+                                          "clusters. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db.")
+    experiment: str = Field("sstparse", description="Experiment name; created on first use.")
+    artifact_location: str | None = Field(
+        default_factory=_default_artifact_location,
+        description="Artifact root for a new experiment (local path or s3://); None lets the server decide. "
+                    "Relative paths are resolved against the working directory. Default: None with a tracking "
+                    "server, else mlruns-artifacts.")
+    register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target> "
+                                                      "(with -smoke appended for a --smoke-test run).")
+    allow_layout_change: bool = Field(
+        False, description="Register a version whose heads or classes differ from the versions already under the "
+                           "name (refused by default: a name is one layout, so aliases and promotion compare like "
+                           "with like).")
+    enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from sstparse.config import ConfigError, StrictModel, read_yaml, validate
-from sstparse.data import atoms
+from sstparse import atoms
 
 DEFAULT_DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 

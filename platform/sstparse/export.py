@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
+import PIL
 import torch
 from torch import Tensor, nn
 
+from sstparse import tracking
+from sstparse.data.augment import MEAN, STD
+from sstparse.domains import load_domains
 from sstparse.model.parser import HumanParser, ParserConfig, build_parser
+from sstparse.model.sst import inference_model
+from sstparse.train import checkpoints
 
 LAYOUT_VERSION = 1
 MIN_SIZE = 32  # smallest image side the exported shapes admit (stride-16 backbone: c5 must stay >= 2x2)
@@ -79,8 +86,6 @@ def architecture(parser: HumanParser) -> dict[str, Any]:
 
 def serving_layout(parser: HumanParser, info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Layout of ``StackedHeads(parser)``: per head its channel slice plus ``info[head]`` (see :func:`domain_info`)."""
-    from sstparse.data.augment import MEAN, STD
-
     missing = [h for h in parser.domain_names if h not in info]
     if missing:
         raise ExportError(f"no class names/colours for head(s) {missing}")
@@ -144,28 +149,43 @@ def parser_from_program(program: torch.export.ExportedProgram, layout: Mapping[s
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def is_checkpoint(source: str) -> bool:
-    p = Path(source)
-    return p.is_dir() and (p / "meta.json").is_file() and (p / "state.pt").is_file()
-
-
 def load_source(source: str, tracking_uri: str | None = None) -> tuple[HumanParser, dict[str, dict[str, Any]]]:
     """(inference network, per-head info) from a Ray Train checkpoint folder or an MLflow pyfunc model URI."""
-    if is_checkpoint(source):
-        from sstparse.domains import load_domains
-        from sstparse.model.sst import inference_model
-        from sstparse.train.trainer import load_checkpoint_model
-
-        _, model, meta = load_checkpoint_model(Path(source))
+    if checkpoints.is_checkpoint(source):
+        _, model, meta = checkpoints.load_model(Path(source))
         domains = load_domains()
         return inference_model(model), {n: domain_info(domains[n]) for n in meta["domains"]}
     if Path(source).is_dir() and not (Path(source) / "MLmodel").is_file():
-        raise ExportError(f"{source}: neither a training checkpoint (meta.json + state.pt) nor an MLflow model "
-                          "(MLmodel)")
-    from sstparse import tracking
-
+        raise ExportError(f"{source}: neither a training checkpoint ({checkpoints.META_FILE} + "
+                          f"{checkpoints.STATE_FILE}) nor an MLflow model (MLmodel)")
     served = tracking.load_pyfunc_model(source, tracking_uri).unwrap_python_model()
     return parser_from_program(served.program, served.layout), layout_info(served.layout)
+
+
+# ----------------------------------------------------------------------------------------------- MLflow model
+# The pyfunc's params (name, MLflow type, default): the same names and defaults as SSTParsePyfunc.predict.
+PYFUNC_PARAMS = (("domain", "string", None), ("flip_tta", "boolean", False), ("batch_size", "long", 8))
+
+
+def log_pyfunc_model(cfg, run_id: str, parser: HumanParser, register_as: str | None = None,
+                     alias: str | None = None, domains: Mapping | None = None) -> str | None:
+    """Log the inference network (a HumanParser, e.g. ``inference_model(model)``) as the sstparse pyfunc under the
+    artifact name ``model``, optionally register it (and set ``alias``); returns the registered version.
+
+    ``cfg``: a TrackingConfig. ``domains``: name -> LabelDomain giving each head's class names, colours and flip
+    pairs (default: the domain cards); they are copied into the model's layout JSON, so loading the model needs no
+    card.
+    """
+    domains = domains or load_domains()
+    info = {name: domain_info(domains[name]) for name in parser.domain_names}
+    code = Path(__file__).with_name("pyfunc.py")  # model from code: MLflow stores this file, nothing is pickled
+    # Pinned by hand: MLflow cannot infer a +cpu torch build. The code imports sstparse, which the serving
+    # environment must have installed (pip install -e . from this repository).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+                    f"pillow=={PIL.__version__}"]
+    with tempfile.TemporaryDirectory(prefix="sstparse-pyfunc-") as tmp:
+        return tracking.log_pyfunc(cfg, run_id, code, save_serving_artifacts(parser, info, tmp), PYFUNC_PARAMS,
+                                   requirements, {"heads": StackedHeads(parser).head_slices()}, register_as, alias)
 
 
 # --------------------------------------------------------------------------------------- TorchScript / ONNX
@@ -236,8 +256,6 @@ def export(source: str, fmt: Format, out: str | Path, heads: Sequence[str] | Non
            tracking_uri: str | None = None) -> dict[str, Any]:
     """Export the inference network (``heads``: a subset, default all) of ``source`` to ``out`` and write the
     layout sidecar ``<out>.json``; returns the sidecar (layout, parameter count, parity report)."""
-    from sstparse.model.sst import inference_model
-
     parser, info = load_source(source, tracking_uri)
     if heads:
         parser = inference_model(parser, keep=list(heads))

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sstparse.data.preview import column, row, tile  # noqa: E402
 from sstparse.domains import LabelDomain  # noqa: E402
 
 
@@ -57,8 +58,6 @@ def overlay(image: np.ndarray, label: np.ndarray, domain: LabelDomain, alpha: fl
 def overlay_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], domain: LabelDomain,
                  path: str | Path, height: int = 160) -> Path:
     """One line per sample: image | ground truth | prediction overlay."""
-    from sstparse.data.preview import column, row, tile
-
     lines = [row([tile(t, height) for t in (image, domain.palette[gt], overlay(image, pred, domain))])
              for image, gt, pred in rows]
     path = Path(path)

@@ -22,7 +22,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sstparse import tracking
 from sstparse.data.shards import BadRecord, decode_image, filesystem
+from sstparse.plots import overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -90,8 +92,6 @@ def read(item: Input, min_size: int) -> np.ndarray:
 
 
 def write_outputs(out: Path, name: str, image: np.ndarray, label: np.ndarray, head: Any) -> None:
-    from sstparse.plots import overlay
-
     base = out / name
     base.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(label).save(f"{base}.png")
@@ -103,8 +103,6 @@ def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str 
             flip_tta: bool = False, keep_going: bool = False, batch_size: int = 8, tracking_uri: str | None = None,
             storage_options: dict | None = None, progress: bool = True) -> PredictResult:
     """Parse every input image with the model at ``model_uri`` and write its outputs under ``out``."""
-    from sstparse import tracking
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     items = list_inputs(inputs, storage_options)  # before loading the model: a typo fails fast

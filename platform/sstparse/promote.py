@@ -22,7 +22,7 @@ from tqdm import tqdm
 from sstparse import registry, tracking
 from sstparse.data.preview import samples
 from sstparse.evaluate import confusion_matrix, scores
-from sstparse.tracking import TrackingConfig
+from sstparse.config import TrackingConfig
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 

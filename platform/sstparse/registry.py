@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from sstparse import tracking
 from sstparse.data.shards import read_manifest
 from sstparse.domains import LabelDomain, load_domains
-from sstparse.tracking import TrackingConfig
+from sstparse.config import TrackingConfig
 
 # SCORE_TAG: the checkpoint's validation score on the job's objective (tag "objective" names it).
 LAYOUT_TAG, HEADS_TAG, SCORE_TAG = "layout", "heads", "objective_score"

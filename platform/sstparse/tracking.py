@@ -12,54 +12,19 @@ import math
 import os
 import platform as _platform
 import subprocess
+import time
+import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import mlflow
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from pydantic import Field
+from mlflow.types import ParamSchema, ParamSpec
 
-from sstparse.config import StrictModel
+from sstparse.config import TrackingConfig
 from sstparse.redact import is_secret, redact
-
-LOCAL_STORE = "sqlite:///mlruns.db"
-
-
-def is_server(uri: str) -> bool:
-    """A tracking server (it stores artifacts itself) rather than a local store."""
-    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
-
-
-def _default_tracking_uri() -> str:
-    # MLflow's own convention: on a cluster MLFLOW_TRACKING_URI comes from the nodes' environment (a Kubernetes
-    # Secret, the local cluster scripts), so the same job YAML runs locally and there.
-    return os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
-
-
-def _default_artifact_location(data: dict) -> str | None:
-    # A server decides (its --artifacts-destination / --default-artifact-root); a local store gets a local folder.
-    return None if is_server(data.get("tracking_uri") or LOCAL_STORE) else "mlruns-artifacts"
-
-
-class TrackingConfig(StrictModel):
-    """Where runs, artifacts and registered models go."""
-
-    tracking_uri: str = Field(default_factory=_default_tracking_uri,
-                              description="MLflow tracking URI: sqlite:///file.db locally, http://host:5000 on "
-                                          "clusters. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db.")
-    experiment: str = Field("sstparse", description="Experiment name; created on first use.")
-    artifact_location: str | None = Field(
-        default_factory=_default_artifact_location,
-        description="Artifact root for a new experiment (local path or s3://); None lets the server decide. "
-                    "Relative paths are resolved against the working directory. Default: None with a tracking "
-                    "server, else mlruns-artifacts.")
-    register_as: str | None = Field(None, description="Registered model name; None derives sst-<mode or target> "
-                                                      "(with -smoke appended for a --smoke-test run).")
-    allow_layout_change: bool = Field(
-        False, description="Register a version whose heads or classes differ from the versions already under the "
-                           "name (refused by default: a name is one layout, so aliases and promotion compare like "
-                           "with like).")
-    enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")
 
 
 def client(cfg: TrackingConfig) -> MlflowClient:
@@ -81,11 +46,7 @@ def experiment_id(cfg: TrackingConfig) -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    import ray
-    import torch
-
-    tags = {"python": _platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "mlflow": mlflow.__version__}
+    tags = {"python": _platform.python_version(), **{pkg: metadata.version(pkg) for pkg in ("torch", "ray", "mlflow")}}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip()
@@ -137,8 +98,6 @@ def log_metrics(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], 
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -157,53 +116,25 @@ def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list:
     return client(cfg).search_runs([experiment_id(cfg)], filter_string=filter_string)
 
 
-def pyfunc_signature():
-    """The pyfunc's signature: no input schema (a list of images of different sizes, or paths, fits no MLflow
-    schema; the model checks its inputs itself and names the bad one), the params with their defaults, so that
-    ``predict(..., params={"domain": ...})`` is accepted and typed."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
+def log_pyfunc(cfg: TrackingConfig, run_id: str, code: Path, artifacts: Mapping[str, str],
+               params: Iterable[tuple[str, str, Any]], requirements: list[str], metadata: Mapping[str, Any],
+               register_as: str | None = None, alias: str | None = None) -> str | None:
+    """Log a models-from-code pyfunc (``code``: its Python file; nothing is pickled) under the artifact name
+    ``model`` in run ``run_id``; register it as ``register_as`` (and set ``alias``); returns the version.
 
-    return ModelSignature(params=ParamSchema([ParamSpec("domain", "string", None),
-                                              ParamSpec("flip_tta", "boolean", False),
-                                              ParamSpec("batch_size", "long", 8)]))
-
-
-def log_pyfunc_model(cfg: TrackingConfig, run_id: str, parser, register_as: str | None = None,
-                     alias: str | None = None, domains: Mapping | None = None) -> str | None:
-    """Log the inference network (a HumanParser, e.g. ``inference_model(model)``) as the sstparse pyfunc under the
-    artifact name ``model``, optionally register it (and set ``alias``); returns the registered version.
-
-    ``domains``: name -> LabelDomain giving each head's class names, colours and flip pairs (default: the domain
-    cards); they are copied into the model's layout JSON, so loading the model needs no card.
-    """
-    import tempfile
-    import warnings
-
-    import numpy as np
-    import PIL
-    import torch
-
-    from sstparse import export
-    from sstparse.domains import load_domains
-
-    domains = domains or load_domains()
-    info = {name: export.domain_info(domains[name]) for name in parser.domain_names}
-    code = Path(__file__).with_name("pyfunc.py")  # model from code: MLflow stores this file, nothing is pickled
+    ``params``: (name, MLflow type, default) of the predict params, which become the signature's params schema.
+    No input schema: MLflow enforces a declared one on every call, and a list of images of different sizes or
+    paths fits none (the model checks its inputs itself and names the bad one)."""
+    signature = ModelSignature(params=ParamSchema([ParamSpec(n, t, d) for n, t, d in params]))
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="sstparse-pyfunc-") as tmp, mlflow.start_run(run_id=run_id):
-        artifacts = export.save_serving_artifacts(parser, info, tmp)
-        # Pinned by hand: MLflow cannot infer a +cpu torch build. The code imports sstparse, which the serving
-        # environment must have installed (pip install -e . from this repository).
-        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
-        with warnings.catch_warnings():  # an input example needs an input schema, which this model has not
-            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
-            logged = mlflow.pyfunc.log_model(
-                name="model", python_model=str(code), artifacts=artifacts, signature=pyfunc_signature(),
-                pip_requirements=reqs, registered_model_name=register_as,
-                metadata={"heads": export.StackedHeads(parser).head_slices()})
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # An input example needs an input schema, which this model has not.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+        logged = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code), artifacts=dict(artifacts), signature=signature,
+            pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"], registered_model_name=register_as,
+            metadata=dict(metadata))
     if register_as is None:
         return None
     version = str(logged.registered_model_version)

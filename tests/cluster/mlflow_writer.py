@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from sstparse import tracking
+from sstparse.config import TrackingConfig
 
 
 def barrier(folder: Path, index: int, writers: int, timeout: float = 120) -> None:
@@ -27,7 +28,7 @@ def barrier(folder: Path, index: int, writers: int, timeout: float = 120) -> Non
 def main() -> None:
     uri, index, steps, folder, writers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), \
         int(sys.argv[5])
-    cfg = tracking.TrackingConfig(tracking_uri=uri, experiment="load")
+    cfg = TrackingConfig(tracking_uri=uri, experiment="load")
     run_id = tracking.start_run(cfg, f"writer-{index}", tags={"writer": str(index)})
     tracking.log_params(cfg, run_id, {"writer": index, "model": {"backbone": "tiny", "width": 16 * index},
                                       "optim": {"lr": 0.001 * (index + 1)}})

@@ -129,7 +129,8 @@ def test_readme_training_submit_with_working_dir_on_two_nodes(cluster_env, tiny_
     status, logs = wait_job(address, "readme-train", timeout=600, headers={"Authorization": f"Bearer {token}"})
     assert status == "SUCCEEDED", logs[-4000:]
     assert "registered sst-universal-smoke version 1" in logs
-    from sstparse.tracking import TrackingConfig, get_alias
+    from sstparse.config import TrackingConfig
+    from sstparse.tracking import get_alias
 
     champion = get_alias(TrackingConfig(tracking_uri=f"sqlite:///{store}"), "sst-universal-smoke", "champion")
     assert str(champion.version) == "1"

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sstparse.config import ConfigError, DataConfig, validate
+from sstparse.config import ConfigError, validate
+from sstparse.data.config import DataConfig
 from sstparse.data.generate import generate
 from sstparse.data.pipeline import DataStream, bad_records, epoch_counts, iter_train_batches, iter_val_batches
 from sstparse.data.shards import Sample, ShardWriter, build_manifest, encode_jpeg, encode_png, write_manifest
@@ -208,6 +209,11 @@ def test_validation_keeps_original_sizes(ray_session, root, tmp_path):
             assert all(tuple(lb.shape) == (style.height, style.width) for lb in b["label"])
             assert (b["domain"] == cfg.domains.index(name)).all()
             assert b["image"][0].dtype == torch.float32 and b["label"][0].dtype == torch.int64
+    # The training job's one validation dataset: every domain's rows, each with its domain index.
+    merged = list(iter_val_batches(DataStream(cfg, DOMAINS, with_ids=True).val_dataset(), batch_size=1))
+    by_domain = {n: sorted(b["sample_id"][0] for b in merged if int(b["domain"][0]) == cfg.domains.index(n))
+                 for n in cfg.domains}
+    assert by_domain == {n: sorted(ids_of(root, n, "val")) for n in cfg.domains}
     # as the training loop reads it: plain iter_torch_batches, one image at a time
     first = next(iter(DataStream(cfg, DOMAINS).val_datasets()["syn_ppp"].iter_torch_batches(batch_size=1)))
     assert set(first) == {"image", "label", "domain"}

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from sstparse.cli import main
-from sstparse.data import atoms
+from sstparse import atoms
 from sstparse.data.difficulty import colour_only_baseline
 from sstparse.data.generate import generate
 from sstparse.data.preview import first_rows, preview_grid

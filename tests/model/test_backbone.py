@@ -114,3 +114,13 @@ def test_load_weights_from_s3(s3_server):
     net = build_backbone("tiny")
     load_backbone_weights(net, url, storage_options=s3_server.storage_options)
     assert torch.equal(net.layer4[0].conv2.weight, src.layer4[0].conv2.weight)
+
+
+def test_backbone_names_agree_across_config_and_schema():
+    from typing import get_args
+
+    from sstparse.model.backbone import SPECS
+    from sstparse.model.config import BACKBONES
+    from sstparse.train.config import ModelConfig
+
+    assert tuple(SPECS) == BACKBONES == get_args(ModelConfig.model_fields["backbone"].annotation)

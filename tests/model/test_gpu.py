@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sstparse.domains import load_domains
-from sstparse.model import ParserConfig, build_sst_model
+from sstparse.model.config import ParserConfig
+from sstparse.model.sst import build_sst_model
 
 pytestmark = pytest.mark.gpu
 

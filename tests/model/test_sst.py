@@ -148,7 +148,7 @@ def test_learned_association_is_semantic_on_rendered_domains():
     import numpy as np
     from PIL import Image
 
-    from sstparse.data import atoms
+    from sstparse import atoms
     from sstparse.data.synth import render, sample_rng, true_association
     from sstparse.domains import load_domains
 

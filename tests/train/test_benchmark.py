@@ -178,7 +178,7 @@ def test_write_report(tmp_path):
 
 def test_true_joint_is_the_unnormalised_association():
     d = load_domains()
-    from sstparse.data import atoms
+    from sstparse import atoms
     hist = np.arange(1, atoms.NUM_ATOMS + 1, dtype=float)
     joint = true_joint(d["syn_lip"], d["syn_ppp"], hist)
     assert joint.sum() == pytest.approx(hist.sum())
@@ -202,3 +202,11 @@ def test_report_only_merges_stored_runs_without_training(tmp_path):
                         str(tmp_path)])
     assert "| B | 20.5 | 20.5 | 20.5 | 20.5 | 20.5 | 2 | 2 |" in text and "step time" not in text
     assert (tmp_path / "report.md").read_text() == text
+
+
+def test_difference_table_uses_the_domains_both_sides_scored():
+    """A smoke run's A has two of its four models: C - A has those two cells and leaves the others empty."""
+    a = _run("A", 0, 0.1)
+    a.miou = {"syn_lip": 0.1, "syn_ppp": 0.2}
+    line = next(x for x in report.difference_table([a, _run("C", 0, 0.3)]).splitlines() if x.startswith("| C − A"))
+    assert line == "| C − A | +20.0 |  |  | +10.0 | 1 |"

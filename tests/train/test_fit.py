@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sstparse import tracking
+from sstparse.config import TrackingConfig
 from sstparse.train.trainer import fit, recorded_run
 from tests.train.conftest import tiny_job
 
@@ -26,7 +27,7 @@ def _history(job, run_id, key):
 
 def test_recorded_run_is_reused_and_reopened(tmp_path):
     # A sweep interrupted mid-trial can leave the trial's run FAILED; the restored trial must log into it, open.
-    cfg = tracking.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", experiment="t")
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", experiment="t")
     first = recorded_run(cfg, str(tmp_path / "train"), "trial_a")
     assert (tmp_path / "train" / "trial_a" / "mlflow_run_id").read_text() == first
     tracking.end_run(cfg, first, "FAILED")

@@ -56,7 +56,7 @@ from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 
-from sstparse.config import DataConfig
+from sstparse.data.config import DataConfig
 from sstparse.data import augment as aug
 from sstparse.data.shards import BadRecord, filesystem, part_paths, read_manifest
 from sstparse.domains import LabelDomain
@@ -419,15 +419,21 @@ class DataStream:
 
     def val_datasets(self) -> dict[str, Dataset]:
         """One Dataset per configured domain (weight 0 included), rows in file order, original sizes."""
-        out = {}
-        for sh in resolve_shards(self.cfg, self.domains, "val"):
-            src = ShardPlanDatasource([sh], None, 0, 1, self.block_rows, self.cfg.storage_options)
-            ds = ray.data.read_datasource(src, override_num_blocks=len(sh.rows))
-            out[sh.info.name] = ds.map_batches(
-                _decode_batch, batch_size=self.block_rows, batch_format="numpy",
-                fn_kwargs={"infos": {sh.info.index: sh.info}, "on_bad": self.cfg.on_bad_record, "sink": self._sink,
-                           "with_ids": self.with_ids})
-        return out
+        return {sh.info.name: self._val([sh]) for sh in resolve_shards(self.cfg, self.domains, "val")}
+
+    def val_dataset(self) -> Dataset:
+        """Every configured domain's validation rows in one Dataset (domain after domain, file order; the `domain`
+        column says whose). A Train job splits this one across its workers: each split dataset costs a split
+        coordinator actor and a streaming execution, so one per domain multiplied that start-up cost."""
+        return self._val(resolve_shards(self.cfg, self.domains, "val"))
+
+    def _val(self, shards: list[DomainShards]) -> Dataset:
+        src = ShardPlanDatasource(shards, None, 0, 1, self.block_rows, self.cfg.storage_options)
+        ds = ray.data.read_datasource(src, override_num_blocks=sum(len(sh.rows) for sh in shards))
+        return ds.map_batches(
+            _decode_batch, batch_size=self.block_rows, batch_format="numpy",
+            fn_kwargs={"infos": {sh.info.index: sh.info for sh in shards}, "on_bad": self.cfg.on_bad_record,
+                       "sink": self._sink, "with_ids": self.with_ids})
 
     def bad_records(self) -> list[dict]:
         """Records this stream skipped so far (all epochs, train and val): epoch, domain, sample_id, source,
@@ -447,8 +453,8 @@ def build_train_dataset(cfg: DataConfig, domains: Domains, start_epoch: int = 0)
     return DataStream(cfg, domains, start_epoch).train_dataset()
 
 
-def build_val_datasets(cfg: DataConfig, domains: Domains) -> dict[str, Dataset]:
-    return DataStream(cfg, domains).val_datasets()
+def build_val_dataset(cfg: DataConfig, domains: Domains) -> Dataset:
+    return DataStream(cfg, domains).val_dataset()
 
 
 def epoch_size(cfg: DataConfig, domains: Domains) -> int:

@@ -1,7 +1,7 @@
 """Procedural multi-domain synthetic humans: the embedded default data for the demo, tests and benchmarks.
 
 Each person is an articulated figure (random pose, scale, body shape, facing) rendered into two aligned atomic
-maps -- body part and garment (see :mod:`sstparse.data.atoms`) -- plus an RGB image. A synthetic domain card maps
+maps -- body part and garment (see :mod:`sstparse.atoms`) -- plus an RGB image. A synthetic domain card maps
 atoms to that domain's classes and sets its style (background, palette, texture, scale, people count, crops,
 occlusion, image size). Because every pixel's atom is known, :func:`true_association` gives the exact cross-domain
 label association P(class in b | class in a).
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from sstparse.data import atoms
-from sstparse.data.atoms import GARMENT_INDEX as G
-from sstparse.data.atoms import PART_INDEX as P
+from sstparse import atoms
+from sstparse.atoms import GARMENT_INDEX as G
+from sstparse.atoms import PART_INDEX as P
 from sstparse.data.backgrounds import occluder, render_background, sample_color
+from sstparse.data.shards import encode_jpeg, encode_png, validate_record
 from sstparse.domains import LabelDomain, SynthStyle
 
 
@@ -408,8 +409,6 @@ def true_association(a: LabelDomain, b: LabelDomain, atom_hist: np.ndarray) -> n
 # ----------------------------------------------------------------------------------------------- shards
 def render_samples(domain: LabelDomain, split: str, start: int, stop: int, seed: int):
     """Render, encode and validate samples [start, stop) of one split; returns (samples, atom histogram)."""
-    from sstparse.data.shards import encode_jpeg, encode_png, validate_record
-
     style = domain.card.synthetic.style
     hist = np.zeros(atoms.NUM_ATOMS, np.int64)
     samples = []

@@ -58,6 +58,3 @@ class DeepLabDecoder(nn.Module):
         return self.fuse(torch.cat([up, self.low(c2)], dim=1)), ctx
 
 
-def default_rates(output_stride: int) -> tuple[int, ...]:
-    """DeepLab's rates (6, 12, 18) at output stride 16, doubled at 8 and halved at 32 (same receptive field)."""
-    return {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}[output_stride]

@@ -32,45 +32,15 @@ Labels use -100 for "no supervision" here; the callers map 255 / out-of-range va
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sstparse.model.config import SSTLossWeights
+
 IGNORE = -100
-
-
-@dataclass(frozen=True)
-class SSTLossWeights:
-    """Loss weights (what Tune searches, with the domain mix and the learning rate).
-
-    lambda_mse: weight of MSE (relation KL + pixel-to-prototype CE).
-    lambda_mst: weight of MST (cross-domain transfer NLL).
-    lambda_kd: weight of distillation: into the target head (dedicated mode) or every head (universal mode).
-    temperature: T of the distillation softmax (> 0).
-    lambda_transfer: weight of label transfer (every head learns from the other domains' labels through M).
-    transfer_ramp: fraction of training over which lambda_transfer ramps linearly from 0 (0: from the start).
-    lambda_aux: weight of the deep-supervision CE (ablation of the plain network, sst.DeepSupervision).
-    """
-
-    lambda_mse: float = 0.1
-    lambda_mst: float = 0.1
-    lambda_kd: float = 0.0
-    temperature: float = 2.0
-    lambda_transfer: float = 0.0
-    transfer_ramp: float = 0.3
-    lambda_aux: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.transfer_ramp <= 1.0:
-            raise ValueError(f"transfer_ramp must be in [0, 1], got {self.transfer_ramp}")
-        for name in ("lambda_mse", "lambda_mst", "lambda_kd", "lambda_transfer", "lambda_aux"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 def local_labels(labels: Tensor, domain_idx: Tensor, num_classes: Tensor) -> Tensor:

@@ -10,52 +10,15 @@ Dedicated parsing: the same network with one head kept (:func:`sstparse.model.ss
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstparse.model.backbone import SPECS, ResNet, build_backbone
-from sstparse.model.decoder import DeepLabDecoder, default_rates
+from sstparse.model.backbone import ResNet, build_backbone
+from sstparse.model.config import ParserConfig
+from sstparse.model.decoder import DeepLabDecoder
 from sstparse.model.heads import DomainHeads
-
-# Decoder sizes used when a ParserConfig leaves them unset: DeepLab-v3+'s for real backbones, a quarter of
-# that for the CPU-sized one so tests and the CPU demo stay fast.
-_DECODER_DEFAULTS = {"tiny": (64, 24, 64)}
-_DECODER_DEFAULT = (256, 48, 256)  # (ASPP channels, low-level projection, feature_dim)
-
-
-@dataclass(frozen=True)
-class ParserConfig:
-    """Architecture of the inference network (weights and domains are separate).
-
-    backbone: ``tiny`` | ``resnet18`` | ``resnet34`` | ``resnet50`` | ``resnet101``.
-    output_stride: 8 | 16 | 32 -- stride of the backbone's last map (8/16 dilate the last stages).
-    decoder_channels: ASPP width (None: 256, or 64 for tiny).
-    low_level_channels: width of the projected stride-4 map (None: 48, or 24 for tiny).
-    feature_dim: channels of the pixel features F that the heads read (None: 256, or 64 for tiny).
-    aspp_rates: atrous rates (None: 6/12/18 scaled to the output stride).
-    backbone_weights: optional torchvision-named checkpoint, local path or fsspec URL (s3://...).
-    """
-
-    backbone: str = "tiny"
-    output_stride: int = 16
-    decoder_channels: int | None = None
-    low_level_channels: int | None = None
-    feature_dim: int | None = None
-    aspp_rates: tuple[int, ...] | None = None
-    backbone_weights: str | None = field(default=None, compare=False)
-
-    def resolved(self) -> "ParserConfig":
-        """The same config with every None replaced by its backbone-dependent default."""
-        if self.backbone not in SPECS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(SPECS)}")
-        ch, low, dim = _DECODER_DEFAULTS.get(self.backbone, _DECODER_DEFAULT)
-        return replace(self, decoder_channels=self.decoder_channels or ch,
-                       low_level_channels=self.low_level_channels or low, feature_dim=self.feature_dim or dim,
-                       aspp_rates=tuple(self.aspp_rates or default_rates(self.output_stride)))
-
 
 class ParserFeatures(NamedTuple):
     """Intermediate maps of one forward pass (SST reads these during training)."""

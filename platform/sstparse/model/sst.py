@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -42,47 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sstparse.model import losses as L
+from sstparse.model.config import SSTConfig, SSTLossWeights
 from sstparse.model.parser import HumanParser, ParserConfig, ParserFeatures, build_parser
 
 _NEG = -1e9  # masked logit; SST maths runs in float32, where exp(_NEG - max) is exactly 0 and nothing overflows
 
 
-@dataclass(frozen=True)
-class SSTConfig:
-    """Training-only SST modules.
-
-    embed_dim: class/pixel embedding width of MSA.
-    scales: feature maps MSA aggregates: ``pixels`` (decoder F), ``context`` (ASPP), ``c2``..``c5`` (backbone).
-    ema_momentum: memory momentum (class prototypes and relation targets).
-    proto_temperature: temperature of the pixel-to-prototype cosine logits.
-    assoc_temperature: initial temperature of the association similarity (its inverse is learned).
-    adjacency_radius: classes within this many stride-4 pixels "touch" (MSE relation target).
-    transfer_to_heads: let the transfer NLL train the heads too (off: see losses.transfer_loss for why).
-    transfer_confidence: label transfer uses a row of M only when its largest entry is at least this.
-    """
-
-    embed_dim: int = 128
-    scales: tuple[str, ...] = ("pixels", "c3", "context")
-    ema_momentum: float = 0.9
-    proto_temperature: float = 0.1
-    assoc_temperature: float = 0.1
-    adjacency_radius: int = 1
-    transfer_to_heads: bool = False
-    transfer_confidence: float = 0.5
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.scales if s not in _SCALES]
-        if bad or not self.scales:
-            raise ValueError(f"scales: unknown {bad} (known: {list(_SCALES)}) or empty")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.proto_temperature <= 0 or self.assoc_temperature <= 0 or self.adjacency_radius < 1:
-            raise ValueError("temperatures must be > 0 and adjacency_radius >= 1")
-        if not 0.0 <= self.transfer_confidence <= 1.0:
-            raise ValueError(f"transfer_confidence must be in [0, 1], got {self.transfer_confidence}")
-
-
-_SCALES = ("pixels", "context", "c2", "c3", "c4", "c5")
 
 
 def _scale_map(feats: ParserFeatures, name: str) -> Tensor:
@@ -332,7 +296,7 @@ class SSTModel(nn.Module):
     """
 
     def __init__(self, parser: HumanParser, sst: SSTModules | None = None,
-                 weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None,
+                 weights: SSTLossWeights = SSTLossWeights(), target_domain: str | None = None,
                  aux: DeepSupervision | None = None):
         super().__init__()
         self.parser, self.sst, self.weights, self.target_domain = parser, sst, weights, target_domain
@@ -391,7 +355,7 @@ class SSTModel(nn.Module):
 
 
 def build_sst_model(cfg: ParserConfig, domains: Any, sst_cfg: SSTConfig | None = SSTConfig(),
-                    weights: L.SSTLossWeights = L.SSTLossWeights(), target_domain: str | None = None,
+                    weights: SSTLossWeights = SSTLossWeights(), target_domain: str | None = None,
                     aux_cfg: SSTConfig | None = None) -> SSTModel:
     """Parser + SST modules (``sst_cfg=None``: a plain multi-head baseline trained with CE only; with ``aux_cfg``
     too, that baseline plus :class:`DeepSupervision` at ``weights.lambda_aux``)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sstparse.domains import load_domains
 from sstparse.model.parser import ParserConfig
 from sstparse.model.sst import SSTConfig, build_sst_model, inference_model
 
@@ -97,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS),
                     help="domain cards to build heads for (first two label the training batch)")
     args = ap.parse_args(argv)
-    from sstparse.domains import load_domains
-
     cards = load_domains()
     domains = [cards[n] for n in args.domains]
     rows = [measure(b, domains, args.size, args.output_stride) for b in args.backbones]

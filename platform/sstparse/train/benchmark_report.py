@@ -76,11 +76,13 @@ def difference_table(runs: list[ArmRun], protocol: str = "passes", metric: str =
             continue
         cells = []
         for d in DOMAINS:
-            if d not in doms:
+            # Only seeds where both sides scored d (a smoke run's A has two of its four models).
+            pairs = [(getattr(by[hi][s], metric), getattr(by[lo][s], metric)) for s in seeds]
+            diffs = [100 * (x[d] - y[d]) for x, y in pairs if d in x and d in y]
+            if d not in doms or not diffs:
                 cells.append("")
                 continue
-            m, a, b = paired_interval([100 * (getattr(by[hi][s], metric)[d] - getattr(by[lo][s], metric)[d])
-                                       for s in seeds])
+            m, a, b = paired_interval(diffs)
             ci = f" [{a:+.1f}, {b:+.1f}]" if a == a else ""
             cells.append(f"{m:+.1f}{ci}{' *' if a == a and (a > 0 or b < 0) else ''}")
         lines.append(f"| {hi} − {lo} | " + " | ".join(cells) + f" | {len(seeds)} |")

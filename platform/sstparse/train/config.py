@@ -11,11 +11,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sstparse.config import DataConfig, StrictModel
-from sstparse.model.losses import SSTLossWeights
-from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig
-from sstparse.tracking import TrackingConfig
+from sstparse.config import StrictModel, TrackingConfig
+from sstparse.data.config import DataConfig
+from sstparse.model.config import ParserConfig, SSTConfig, SSTLossWeights
 
 
 class ModelConfig(StrictModel):

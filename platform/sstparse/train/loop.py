@@ -9,7 +9,6 @@ comes in the config and is kept in the checkpoint).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -28,11 +27,11 @@ from sstparse import tracking
 from sstparse.data import pipeline
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.evaluate import TTA, DomainEvaluator
-from sstparse.model.sst import SSTModel, build_sst_model
-from sstparse.redact import redact
+from sstparse.model.sst import SSTModel
+from sstparse.train import checkpoints
+from sstparse.train.checkpoints import build_model
 from sstparse.train.config import JobConfig, OptimConfig
 
-STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
 LOSS_TERMS = ("loss", "ce", "mse", "mst", "kd", "transfer", "aux")  # logged per epoch as train/<term>
 
 
@@ -80,12 +79,6 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     return (f"epoch {done}/{epochs}: loss {metrics.get('train/loss', float('nan')):.3f}{val}, "
             f"{metrics.get('train/img_per_s', 0.0):.0f} img/s per worker, {seconds:.0f} s, "
             f"about {(epochs - done) * seconds / 60:.1f} min left")
-
-
-def build_model(job: JobConfig, domains: list[LabelDomain]) -> SSTModel:
-    target = job.train.target if job.train.mode == "dedicated" else None
-    return build_sst_model(job.model.parser_config(), domains, job.sst.sst_config(), job.sst.loss_weights(),
-                           target_domain=target, aux_cfg=job.sst.aux_config())
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module, assoc_lr_mult: float = 1.0) -> torch.optim.Optimizer:
@@ -168,12 +161,13 @@ def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[st
     device = ray.train.torch.get_device()
     tta = TTA(flip=job.train.val_flip, scales=tuple(job.train.val_scales))
     metrics: dict[str, Any] = {"val/tta": tta.tag()}
-    matrices = {}
-    for d in domains:
-        ev = DomainEvaluator(d, tta)
-        for batch in ray.train.get_dataset_shard(f"val_{d.name}").iter_torch_batches(batch_size=1, device=device):
-            ev.update(lambda x, name=d.name: parser(x, name), batch["image"], batch["label"])
-        scores = ev.compute()  # all-reduced: dataset-wide on every rank
+    matrices, evs = {}, [DomainEvaluator(d, tta) for d in domains]
+    # One dataset holds every domain's images; the `domain` column indexes `domains` (= job.domain_names).
+    for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=1, device=device):
+        i = int(batch["domain"][0])
+        evs[i].update(lambda x, name=domains[i].name: parser(x, name), batch["image"], batch["label"])
+    for d, ev in zip(domains, evs):
+        scores = ev.compute()  # all-reduced: dataset-wide on every rank (every rank calls it, domains in order)
         matrices[d.name] = ev.matrix.numpy().copy()
         metrics.update({f"val/{d.name}/{k}": v for k, v in scores.items() if k != "tta"})
     metrics["val/mean_miou"] = float(np.mean([metrics[f"val/{d.name}/miou"] for d in domains]))
@@ -188,27 +182,11 @@ def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, mat
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0 and validated:
-            save_checkpoint(Path(tmp), _unwrap(model), optimizer, scheduler, job, epoch, matrices, run_id, metrics)
+            checkpoints.save(Path(tmp), _unwrap(model), optimizer, scheduler, job, epoch, matrices, run_id,
+                                  metrics)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         # Per-class IoUs go to MLflow and the checkpoint; Ray (and Tune's result tables) get the summary.
         ray.train.report({k: v for k, v in metrics.items() if "/iou/" not in k}, checkpoint=checkpoint)
-
-
-def save_checkpoint(path: Path, model: SSTModel, optimizer, scheduler, job: JobConfig, epoch: int,
-                    matrices: dict[str, np.ndarray], run_id: str | None, metrics: dict) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch}, path / STATE_FILE)
-    assoc = {}
-    if model.sst is not None and len(model.domain_names) > 1:
-        assoc = {f"assoc/{a}/{b}": model.association(a, b).numpy()
-                 for a in model.domain_names for b in model.domain_names if a != b}
-    np.savez(path / EVAL_FILE, **{f"confusion/{k}": v for k, v in matrices.items()}, **assoc)
-    # The job is redacted: meta.json is persisted (storage, MLflow artifact) and a credential a user put in
-    # data.storage_options must not travel with it; nothing reads credentials back from a checkpoint.
-    meta = {"epoch": epoch + 1, "mlflow_run_id": run_id, "domains": model.domain_names,
-            "job": redact(job.model_dump(mode="json")), "metrics": {k: v for k, v in metrics.items()
-                                                           if isinstance(v, (int, float, str))}}
-    (path / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def restore(checkpoint, model, optimizer, scheduler) -> tuple[int, bool]:
@@ -216,7 +194,7 @@ def restore(checkpoint, model, optimizer, scheduler) -> tuple[int, bool]:
     if checkpoint is None:
         return 0, False
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = checkpoints.read_state(Path(d))
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

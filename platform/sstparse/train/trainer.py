@@ -8,7 +8,6 @@ with the same name, appends to that run instead of opening a second one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import posixpath
@@ -23,14 +22,19 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from sstparse import plots, registry, tracking
+from sstparse import export, plots, registry, tracking
+from sstparse.config import TrackingConfig
 from sstparse.data import pipeline
-from sstparse.data.shards import filesystem
+from sstparse.data.augment import normalize
+from sstparse.data.preview import samples
+from sstparse.data.shards import filesystem, read_manifest
+from sstparse.data.synth import true_association
 from sstparse.domains import load_domains
 from sstparse.model.sst import inference_model
 from sstparse.promote import CHALLENGER, settle_new_version
 from sstparse.train.config import JobConfig
-from sstparse.train.loop import EVAL_FILE, META_FILE, STATE_FILE, build_model, train_loop_per_worker
+from sstparse.train import checkpoints
+from sstparse.train.loop import train_loop_per_worker
 
 
 @dataclass
@@ -72,7 +76,7 @@ def recorded_run_id(storage_path: str, name: str) -> str | None:
         return f.read().strip()
 
 
-def recorded_run(cfg: tracking.TrackingConfig, storage_path: str, name: str, parent_run_id: str | None = None,
+def recorded_run(cfg: TrackingConfig, storage_path: str, name: str, parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None) -> str:
     """The MLflow run recorded at ``<storage_path>/<name>/mlflow_run_id``, or a new run, recorded there.
 
@@ -109,7 +113,7 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
         # each progress line appears once. Ray propagates this variable from the driver to the workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     datasets = {"train": pipeline.build_train_dataset(data, domains),
-                **{f"val_{n}": ds for n, ds in pipeline.build_val_datasets(data, domains).items()}}
+                "val": pipeline.build_val_dataset(data, domains)}
     world = job.train.num_workers
     steps = max(1, pipeline.epoch_size(data, domains) // (world * data.batch_size))
     fs, path = storage(job)
@@ -177,7 +181,7 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     best = _best_checkpoint(result, job.objective)
     with best.as_directory() as d:
         version = finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path) if log_model else None
-        meta = json.loads((Path(d) / META_FILE).read_text())
+        meta = checkpoints.read_meta(Path(d))
     return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version)
 
 
@@ -190,34 +194,24 @@ def _best_checkpoint(result, objective: str):
     return max(scored, key=lambda t: t[0])[1]
 
 
-def load_checkpoint_model(path: Path):
-    """Rebuild the training model from a checkpoint folder (config and weights both come from it)."""
-    meta = json.loads((path / META_FILE).read_text())
-    job = JobConfig.model_validate(meta["job"])
-    model = build_model(job, [load_domains()[n] for n in meta["domains"]])
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return job, model.eval(), meta
-
-
 def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, alias: str | None,
              out_dir: str | None, source: str | None = None) -> str | None:
     """Pictures of the best checkpoint (confusion matrices, learned vs true associations), then the model: logged,
     registered with its description and tags, and given ``alias`` (default challenger; a name's first version
     becomes champion through promotion). ``source``: the checkpoint's storage path, for the version's tags."""
-    _, model, meta = load_checkpoint_model(ckpt)
+    _, model, meta = checkpoints.load_model(ckpt)
     out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-artifacts-"))
-    pictures = artifact_pictures(job, model, np.load(ckpt / EVAL_FILE), out)
+    pictures = artifact_pictures(job, model, checkpoints.read_eval(ckpt), out)
     if not run_id:
         return None
     tracking.log_artifacts(job.tracking, run_id, pictures, "plots")
-    tracking.log_artifacts(job.tracking, run_id, [ckpt / META_FILE], "checkpoint")
+    tracking.log_artifacts(job.tracking, run_id, [ckpt / checkpoints.META_FILE], "checkpoint")
     name = job.registered_name if register else None
     parser = inference_model(model)  # the heads it serves: all, or a dedicated model's target
     layout = registry.layout_of([load_domains()[n] for n in parser.domain_names])
     if name:
         registry.check_layout(job.tracking, name, layout, job.tracking.allow_layout_change)
-    version = tracking.log_pyfunc_model(job.tracking, run_id, parser, register_as=name)
+    version = export.log_pyfunc_model(job.tracking, run_id, parser, register_as=name)
     if version:
         card = registry.version_card(job, layout, meta, run_id, source or str(ckpt), name)
         registry.describe(job.tracking, name, version, card, layout)
@@ -230,9 +224,6 @@ def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, ali
 
 
 def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
-    from sstparse.data.synth import true_association
-    from sstparse.data.shards import read_manifest
-
     domains = load_domains()
     paths = [plots.confusion_figure(evals[f"confusion/{n}"], domains[n], out / f"confusion_{n}.png")
              for n in model.domain_names]
@@ -253,9 +244,6 @@ def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
 @torch.no_grad()
 def prediction_overlays(job: JobConfig, model, domain, path: Path, n: int = 4) -> Path:
     """Image | ground truth | prediction for the first validation images of a domain."""
-    from sstparse.data.augment import normalize
-    from sstparse.data.preview import samples
-
     rows = []
     for image, label in samples(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options):
         x = torch.from_numpy(normalize(image))[None]

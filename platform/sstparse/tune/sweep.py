@@ -15,7 +15,6 @@ the job's model name with the alias ``challenger``.
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import tempfile
@@ -34,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sstparse import plots, registry, tracking
 from sstparse.config import ConfigError, validate
 from sstparse.train.config import JobConfig
-from sstparse.train.loop import META_FILE
+from sstparse.train import checkpoints
 from sstparse.train.trainer import absolute_paths, finalize, fit, recorded_run, recorded_run_id, storage_at
 from sstparse.tune.config import Range, SweepConfig
 
@@ -228,7 +227,7 @@ def log_best(best: dict[str, Any], sweep: SweepConfig, job: JobConfig, out: Path
     fs, _ = storage_at(sweep.storage_path)
     checkpoint = ray.train.Checkpoint(best["checkpoint"], filesystem=fs)
     with checkpoint.as_directory() as d:
-        trial_job = JobConfig.model_validate(json.loads((Path(d) / META_FILE).read_text())["job"])
+        trial_job = checkpoints.read_job(Path(d))
         # A checkpoint's job has its credentials redacted; reading shards for the pictures needs the real ones.
         trial_job = trial_job.model_copy(update={"data": trial_job.data.model_copy(
             update={"storage_options": job.data.storage_options})})

@@ -1,0 +1,93 @@
+"""Checkpoints: the model a job describes, and the folder a training epoch leaves behind.
+
+A checkpoint folder (written by rank 0 of :mod:`sstparse.train.loop`, kept by Ray Train under
+``<storage_path>/<name>/checkpoint_*``) holds three files:
+
+- ``state.pt``: model, optimiser and scheduler state and the epoch (``torch.save``; read with ``weights_only``);
+- ``meta.json``: the job (credentials redacted), the head order, the MLflow run id and the epoch's metrics, so a
+  checkpoint rebuilds its model without the YAML that trained it;
+- ``eval.npz``: the validation confusion matrices and, with SST, the learned associations (for the plots and the
+  benchmark's association scores).
+
+Everything that reads or writes these files goes through this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sstparse.domains import LabelDomain, load_domains
+from sstparse.model.sst import SSTModel, build_sst_model
+from sstparse.redact import redact
+from sstparse.train.config import JobConfig
+
+STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing a file or holds one that cannot be read; the message names the file."""
+
+
+def build_model(job: JobConfig, domains: list[LabelDomain] | None = None) -> SSTModel:
+    """The training model of ``job`` (heads in ``job.domain_names`` order unless ``domains`` says otherwise)."""
+    domains = domains if domains is not None else [load_domains()[n] for n in job.domain_names]
+    target = job.train.target if job.train.mode == "dedicated" else None
+    return build_sst_model(job.model.parser_config(), domains, job.sst.sst_config(), job.sst.loss_weights(),
+                           target_domain=target, aux_cfg=job.sst.aux_config())
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / META_FILE).is_file() and (p / STATE_FILE).is_file()
+
+
+def save(path: Path, model: SSTModel, optimizer, scheduler, job: JobConfig, epoch: int,
+         matrices: dict[str, np.ndarray], run_id: str | None, metrics: dict[str, Any]) -> None:
+    """Write the three files into ``path`` (``epoch`` counts from 0; meta.json says epochs done)."""
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch}, path / STATE_FILE)
+    assoc = {}
+    if model.sst is not None and len(model.domain_names) > 1:
+        assoc = {f"assoc/{a}/{b}": model.association(a, b).numpy()
+                 for a in model.domain_names for b in model.domain_names if a != b}
+    np.savez(path / EVAL_FILE, **{f"confusion/{k}": v for k, v in matrices.items()}, **assoc)
+    # The job is redacted: meta.json is persisted (storage, MLflow artifact) and a credential a user put in
+    # data.storage_options must not travel with it; nothing reads credentials back from a checkpoint.
+    meta = {"epoch": epoch + 1, "mlflow_run_id": run_id, "domains": model.domain_names,
+            "job": redact(job.model_dump(mode="json")), "metrics": {k: v for k, v in metrics.items()
+                                                           if isinstance(v, (int, float, str))}}
+    (path / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / META_FILE).read_text())
+
+
+def read_job(path: Path) -> JobConfig:
+    """The job that wrote the checkpoint (as recorded in its meta.json)."""
+    return JobConfig.model_validate(read_meta(path)["job"])
+
+
+def read_eval(path: Path):
+    return np.load(path / EVAL_FILE)
+
+
+def load_model(path: Path) -> tuple[JobConfig, SSTModel, dict[str, Any]]:
+    """(job, training model in eval mode, meta) rebuilt from a checkpoint folder: config and weights both come
+    from it."""
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path}: not a training checkpoint ({META_FILE} and {STATE_FILE} expected)")
+    meta = read_meta(path)
+    job = JobConfig.model_validate(meta["job"])
+    model = build_model(job, [load_domains()[n] for n in meta["domains"]])
+    model.load_state_dict(read_state(path)["model"])
+    return job, model.eval(), meta
