@@ -14,7 +14,6 @@ from the same ``nn.Module`` as for a checkpoint (and the parity check compares a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 import warnings
@@ -78,7 +77,7 @@ def architecture(parser: HumanParser) -> dict[str, Any]:
     """The parser's resolved config, enough to rebuild it (weights paths left out: weights travel separately)."""
     if parser.config is None:
         raise ExportError("the parser carries no ParserConfig: cannot describe its architecture")
-    cfg = dataclasses.asdict(parser.config.resolved())
+    cfg = parser.config.resolved().model_dump()
     cfg.pop("backbone_weights", None)
     cfg["aspp_rates"] = list(cfg["aspp_rates"])
     return cfg

@@ -1,5 +1,5 @@
-"""The network's settings, as plain frozen dataclasses: the inference network's architecture (:class:`ParserConfig`),
-the training-only SST modules (:class:`SSTConfig`) and the loss weights (:class:`SSTLossWeights`).
+"""The network's settings: the inference network's architecture (:class:`ParserConfig`, the job's ``model:``
+section), the training-only SST modules (:class:`SSTConfig`) and the loss weights (:class:`SSTLossWeights`).
 
 Kept apart from the modules that build them so that a job's schema (:mod:`sstparse.train.config`) imports no torch:
 validating a YAML file, a CLI check or a sweep's search space needs only these.
@@ -7,7 +7,12 @@ validating a YAML file, a CLI check or a sweep's search space needs only these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from sstparse.config import StrictModel
 
 # The ResNet family of sstparse.model.backbone (its SPECS has exactly these keys; a test checks).
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101")
@@ -25,35 +30,38 @@ _DECODER_DEFAULTS = {"tiny": (64, 24, 64)}
 _DECODER_DEFAULT = (256, 48, 256)  # (ASPP channels, low-level projection, feature_dim)
 
 
-@dataclass(frozen=True)
-class ParserConfig:
-    """Architecture of the inference network (weights and domains are separate).
+class ParserConfig(StrictModel):
+    """The inference network's architecture (what is exported; weights and domains are separate). It is a job
+    YAML's ``model:`` section as it is, and what ``build_parser`` takes."""
 
-    backbone: ``tiny`` | ``resnet18`` | ``resnet34`` | ``resnet50`` | ``resnet101``.
-    output_stride: 8 | 16 | 32 -- stride of the backbone's last map (8/16 dilate the last stages).
-    decoder_channels: ASPP width (None: 256, or 64 for tiny).
-    low_level_channels: width of the projected stride-4 map (None: 48, or 24 for tiny).
-    feature_dim: channels of the pixel features F that the heads read (None: 256, or 64 for tiny).
-    aspp_rates: atrous rates (None: 6/12/18 scaled to the output stride).
-    backbone_weights: optional torchvision-named checkpoint, local path or fsspec URL (s3://...).
-    """
+    backbone: str = Field("tiny", description="ResNet family member: tiny (CPU-sized, tests and the demo), "
+                                               "resnet18, resnet34, resnet50, resnet101.")
+    output_stride: Literal[8, 16, 32] = Field(16, description="Stride of the backbone's last feature map (8 and 16 "
+                                                             "dilate the last stages).")
+    decoder_channels: int | None = Field(None, gt=0, description="ASPP width (None: 256, or 64 for tiny).")
+    low_level_channels: int | None = Field(None, gt=0, description="Width of the projected stride-4 map (None: 48, "
+                                                                   "or 24 for tiny).")
+    feature_dim: int | None = Field(None, gt=0, description="Channels of the shared pixel features F the heads "
+                                                            "read (None: 256, or 64 for tiny).")
+    aspp_rates: tuple[int, ...] | None = Field(None, min_length=1, description="Atrous rates (None: 6/12/18 "
+                                                                               "scaled to the output stride).")
+    backbone_weights: str | None = Field(
+        None, description="Optional torchvision-named ResNet weights: a local path or s3:// URL (never a hub).")
 
-    backbone: str = "tiny"
-    output_stride: int = 16
-    decoder_channels: int | None = None
-    low_level_channels: int | None = None
-    feature_dim: int | None = None
-    aspp_rates: tuple[int, ...] | None = None
-    backbone_weights: str | None = field(default=None, compare=False)
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; known: {list(BACKBONES)}")
+        return v
 
     def resolved(self) -> "ParserConfig":
         """The same config with every None replaced by its backbone-dependent default."""
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {list(BACKBONES)}")
         ch, low, dim = _DECODER_DEFAULTS.get(self.backbone, _DECODER_DEFAULT)
-        return replace(self, decoder_channels=self.decoder_channels or ch,
-                       low_level_channels=self.low_level_channels or low, feature_dim=self.feature_dim or dim,
-                       aspp_rates=tuple(self.aspp_rates or default_rates(self.output_stride)))
+        return self.model_copy(update={
+            "decoder_channels": self.decoder_channels or ch, "low_level_channels": self.low_level_channels or low,
+            "feature_dim": self.feature_dim or dim,
+            "aspp_rates": tuple(self.aspp_rates or default_rates(self.output_stride))})
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,6 @@ from sstparse.data.config import DataConfig
 from sstparse.model.config import ParserConfig, SSTConfig, SSTLossWeights
 
 
-class ModelConfig(StrictModel):
-    """The inference network (what is exported)."""
-
-    backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = Field(
-        "tiny", description="ResNet family member; `tiny` is CPU-sized for tests and the demo.")
-    output_stride: Literal[8, 16, 32] = Field(16, description="Stride of the backbone's last feature map.")
-    decoder_channels: int | None = Field(None, gt=0, description="ASPP width (None: backbone default).")
-    low_level_channels: int | None = Field(None, gt=0, description="Projected stride-4 width (None: default).")
-    feature_dim: int | None = Field(None, gt=0, description="Width of the shared pixel features F.")
-    backbone_weights: str | None = Field(
-        None, description="Optional torchvision-named ResNet weights: a local path or s3:// URL (never a hub).")
-
-    def parser_config(self) -> ParserConfig:
-        return ParserConfig(backbone=self.backbone, output_stride=self.output_stride,
-                            decoder_channels=self.decoder_channels, low_level_channels=self.low_level_channels,
-                            feature_dim=self.feature_dim, backbone_weights=self.backbone_weights)
-
-
 class SSTSettings(StrictModel):
     """Training-only SST modules (removed at export) and the loss weights Tune searches."""
 
@@ -140,7 +122,7 @@ class JobConfig(StrictModel):
     """One training job."""
 
     data: DataConfig
-    model: ModelConfig = ModelConfig()
+    model: ParserConfig = ParserConfig()
     sst: SSTSettings = SSTSettings()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
