@@ -146,8 +146,11 @@ def walk(ray_session, s3_server, tiny_shards, tmp_path_factory):
         path = work / "photos" / f"p{i}.jpg"
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (80, 56, 3), dtype=np.uint8)).save(path)
         s3.upload_file(str(path), s3_server.bucket, f"readme/photos/p{i}.jpg")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": "sqlite:///mlruns.db", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    # A new user's shell: no registry URI left over from this process (mlflow.set_registry_uri, called by earlier
+    # tests, also writes it to os.environ, and a registry URI outranks the tracking URI for models:/ lookups).
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI="sqlite:///mlruns.db", RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     return {"work": work, "env": env, "bucket": s3_server.bucket}
 
 
@@ -159,7 +162,8 @@ def local_values(walk) -> dict[str, str]:
     if (work / "mlruns.db").exists():
         import mlflow
 
-        client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns.db'}")
+        store = f"sqlite:///{work / 'mlruns.db'}"
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
         versions = client.search_model_versions("name = 'sst-universal'")
         run_id = versions[0].run_id if versions else ""
     return {"checkpoint": str(checkpoints[-1]) if checkpoints else "<no checkpoint>", "run_id": run_id,

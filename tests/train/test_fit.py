@@ -11,6 +11,9 @@ import pytest
 
 from sstparse import tracking
 from sstparse.config import TrackingConfig
+from sstparse.data.preview import samples
+from sstparse.domains import load_domains
+from sstparse.train import checkpoints
 from sstparse.train.trainer import fit, recorded_run
 from tests.train.conftest import tiny_job
 
@@ -51,6 +54,12 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path)
     assert run.info.status == "FINISHED" and run.data.params["train.mode"] == "universal"
     assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [2]
     assert [s for s, _ in _history(job, first.run_id, "train/loss")] == [1, 2]
+    # One validation dataset for every domain, split across the 2 workers and all-reduced: each domain's confusion
+    # matrix counts every labelled pixel of its whole validation set exactly once.
+    evals, cards = checkpoints.read_eval(Path(first.checkpoint_path)), load_domains()
+    for d in job.domain_names:
+        labelled = sum(int((label < cards[d].num_classes).sum()) for _, label in samples(tiny_shards, d, "val"))
+        assert evals[f"confusion/{d}"].sum() == labelled > 0, d
 
     # The same name and storage resume from the last checkpoint, in the same MLflow run.
     more = job.model_copy(update={"train": job.train.model_copy(update={"epochs": 3})})

@@ -26,7 +26,7 @@ from torch import nn
 from sstparse import tracking
 from sstparse.data import pipeline
 from sstparse.domains import LabelDomain, load_domains
-from sstparse.evaluate import TTA, DomainEvaluator
+from sstparse.evaluate import TTA, DomainEvaluator, all_reduce_
 from sstparse.model.sst import SSTModel
 from sstparse.train import checkpoints
 from sstparse.train.checkpoints import build_model
@@ -167,7 +167,10 @@ def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[st
         i = int(batch["domain"][0])
         evs[i].update(lambda x, name=domains[i].name: parser(x, name), batch["image"], batch["label"])
     for d, ev in zip(domains, evs):
-        scores = ev.compute()  # all-reduced: dataset-wide on every rank (every rank calls it, domains in order)
+        # Summed over the ranks in place, so the scores and the matrix the checkpoint keeps (plots, benchmark) are
+        # both dataset-wide; every rank calls it, domains in the same order.
+        all_reduce_(ev.matrix)
+        scores = ev.compute(reduce=False)
         matrices[d.name] = ev.matrix.numpy().copy()
         metrics.update({f"val/{d.name}/{k}": v for k, v in scores.items() if k != "tta"})
     metrics["val/mean_miou"] = float(np.mean([metrics[f"val/{d.name}/miou"] for d in domains]))
