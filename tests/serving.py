@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from sstparse import export, tracking
+from sstparse.train import checkpoints
 from sstparse.data.augment import normalize
 from sstparse.domains import load_domains
 from sstparse.model.sst import SSTModel
@@ -38,10 +39,9 @@ def tiny_job(heads: Sequence[str] = HEADS) -> JobConfig:
 
 
 def tiny_model(heads: Sequence[str] = HEADS, seed: int = 0) -> SSTModel:
-    from sstparse.train.checkpoints import build_model
 
     torch.manual_seed(seed)
-    model = build_model(tiny_job(heads), [load_domains()[h] for h in heads]).eval()
+    model = checkpoints.build_model(tiny_job(heads), [load_domains()[h] for h in heads]).eval()
     # Random BatchNorm statistics, so outputs are not the near-constant logits of a freshly initialised network.
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -68,9 +68,9 @@ def save_checkpoint(path: Path, heads: Sequence[str] = HEADS) -> SSTModel:
     """A Ray Train checkpoint folder as the training loop writes it (meta.json + state.pt)."""
     model = tiny_model(heads)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, path / "state.pt")
+    torch.save({"model": model.state_dict()}, path / checkpoints.STATE_FILE)
     meta = {"epoch": 1, "domains": list(heads), "job": tiny_job(heads).model_dump(mode="json"), "metrics": {}}
-    (path / "meta.json").write_text(json.dumps(meta))
+    (path / checkpoints.META_FILE).write_text(json.dumps(meta))
     return model
 
 

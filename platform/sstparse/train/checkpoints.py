@@ -30,7 +30,7 @@ STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint folder is missing a file or holds one that cannot be read; the message names the file."""
+    """A folder is not a training checkpoint (its meta.json or state.pt is missing); the message names it."""
 
 
 def build_model(job: JobConfig, domains: list[LabelDomain] | None = None) -> SSTModel:
