@@ -17,8 +17,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=3 sst.lambda_mst=0.2")
     ap.add_argument("--smoke-test", action="store_true", help="one tiny epoch on one worker")
     ap.add_argument("--out", help="folder for the pictures (default: a temp folder; they go to MLflow anyway)")
+    ap.add_argument("--verbose", action="store_true", help="Ray's INFO lines and progress bars in the console too")
     args = ap.parse_args()
-    run(args.config, args.overrides, args.smoke_test, args.out)
+    run(args.config, args.overrides, args.smoke_test, args.out, args.verbose)
 
 
 if __name__ == "__main__":

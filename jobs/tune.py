@@ -20,8 +20,9 @@ def main() -> None:
                     help="sweep overrides (search.num_samples=16) and job overrides (job.train.epochs=2)")
     ap.add_argument("--smoke-test", action="store_true", help="two tiny one-epoch trials")
     ap.add_argument("--out", help="folder for the results table and plots (they go to MLflow anyway)")
+    ap.add_argument("--verbose", action="store_true", help="Ray's INFO lines and progress bars in the console too")
     args = ap.parse_args()
-    run(args.config, args.overrides, args.smoke_test, args.out)
+    run(args.config, args.overrides, args.smoke_test, args.out, args.verbose)
 
 
 if __name__ == "__main__":

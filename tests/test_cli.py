@@ -35,3 +35,22 @@ def test_a_bad_override_is_named_before_ray_starts(verb, config, override, field
         monkeypatch.setattr(module, "connect", connect)
     out = CliRunner().invoke(main, [verb, "--config", str(CONFIGS / config), override])
     assert isinstance(out.exception, ConfigError) and field in str(out.exception), out.output
+
+
+@pytest.mark.parametrize("verb,config", [("train", "universal.yaml"), ("tune", "sweep.yaml")])
+@pytest.mark.parametrize("flag", [False, True])
+def test_verbose_flag_reaches_the_job(verb, config, flag, monkeypatch):
+    """The console is quiet unless --verbose sets the job's train.verbose (Ray's lines and bars back on)."""
+    import sstparse.train.job
+    import sstparse.tune.job
+
+    seen = {}
+    monkeypatch.setattr(sstparse.train.job, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(sstparse.tune.job, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(sstparse.train.job, "fit", lambda job, **k: seen.setdefault("job", job))
+    monkeypatch.setattr(sstparse.train.job, "format_result", lambda result: "")
+    monkeypatch.setattr(sstparse.tune.job, "run_sweep", lambda sweep, job, **k: seen.setdefault("job", job))
+    monkeypatch.setattr(sstparse.tune.job, "format_sweep", lambda result: "")
+    out = CliRunner().invoke(main, [verb, "--config", str(CONFIGS / config)] + (["--verbose"] if flag else []))
+    assert out.exit_code == 0, out.output
+    assert seen["job"].train.verbose is flag

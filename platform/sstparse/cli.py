@@ -101,6 +101,8 @@ def preview(root, out, names):
 
 _TRACKING_URI_HELP = ("Tracking/registry store for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI, else "
                       "sqlite:///mlruns.db).")
+_VERBOSE_HELP = ("Ray's own lines in the console too (each rank's reports, Ray Data's plans and progress bars); the "
+                 "default console is one line per epoch, the rest stays in the log files named at the start.")
 
 
 @main.command()
@@ -160,13 +162,14 @@ def export(source, fmt, out, heads, tracking_uri):
               help="Job YAML (jobs/configs/universal.yaml, dedicated.yaml, single.yaml, ...).")
 @click.option("--smoke-test", is_flag=True, help="One tiny epoch on one worker; registers as <name>-smoke.")
 @click.option("--out", default=None, help="Folder for the pictures (default: a temp folder; they go to MLflow too).")
+@click.option("--verbose", is_flag=True, help=_VERBOSE_HELP)
 @click.argument("overrides", nargs=-1)
-def train(config, smoke_test, out, overrides):
+def train(config, smoke_test, out, verbose, overrides):
     """Train an SST parser on Ray: the job YAML plus key=value OVERRIDES (e.g. train.epochs=3). On a local Ray
     instance, or on the cluster when run under `ray job submit` (the same as jobs/train.py)."""
     from sstparse.train.job import run as run_job
 
-    run_job(config, list(overrides), smoke_test, out)
+    run_job(config, list(overrides), smoke_test, out, verbose)
 
 
 @main.command()
@@ -174,13 +177,14 @@ def train(config, smoke_test, out, overrides):
               help="Sweep YAML (jobs/configs/sweep.yaml, sweep_dedicated.yaml).")
 @click.option("--smoke-test", is_flag=True, help="Two tiny one-epoch trials.")
 @click.option("--out", default=None, help="Folder for the sweep's table and plots (default: a temp folder).")
+@click.option("--verbose", is_flag=True, help=_VERBOSE_HELP)
 @click.argument("overrides", nargs=-1)
-def tune(config, smoke_test, out, overrides):
+def tune(config, smoke_test, out, verbose, overrides):
     """Sweep a job with Ray Tune (Optuna + ASHA), or resume the sweep of the same name: OVERRIDES are the sweep's
     key=value settings, job.<key>=value for the job's (the same as jobs/tune.py)."""
     from sstparse.tune.job import run as run_sweep
 
-    run_sweep(config, list(overrides), smoke_test, out)
+    run_sweep(config, list(overrides), smoke_test, out, verbose)
 
 
 @main.command()

@@ -30,6 +30,7 @@ from sstparse.data.augment import MEAN, STD
 from sstparse.domains import load_domains
 from sstparse.model.parser import HumanParser, ParserConfig, build_parser
 from sstparse.model.sst import inference_model
+from sstparse.pyfunc import PARAMS as PYFUNC_PARAMS
 from sstparse.train import checkpoints
 
 LAYOUT_VERSION = 1
@@ -163,9 +164,6 @@ def load_source(source: str, tracking_uri: str | None = None) -> tuple[HumanPars
 
 # ----------------------------------------------------------------------------------------------- MLflow model
 # The pyfunc's params (name, MLflow type, default): the same names and defaults as SSTParsePyfunc.predict.
-PYFUNC_PARAMS = (("domain", "string", None), ("flip_tta", "boolean", False), ("batch_size", "long", 8))
-
-
 def log_pyfunc_model(cfg, run_id: str, parser: HumanParser, register_as: str | None = None,
                      alias: str | None = None, domains: Mapping | None = None) -> str | None:
     """Log the inference network (a HumanParser, e.g. ``inference_model(model)``) as the sstparse pyfunc under the

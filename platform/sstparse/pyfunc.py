@@ -34,7 +34,9 @@ from PIL import Image
 
 from sstparse.evaluate import TTA, predict_probs
 
-DEFAULT_PARAMS: dict[str, Any] = {"domain": None, "flip_tta": False, "batch_size": 8}
+# predict()'s params as the model signature declares them (name, MLflow type, default): written once here.
+PARAMS = (("domain", "string", None), ("flip_tta", "boolean", False), ("batch_size", "long", 8))
+DEFAULT_PARAMS: dict[str, Any] = {name: default for name, _, default in PARAMS}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from sstparse import tracking
 from sstparse.data.shards import read_manifest
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.config import TrackingConfig
+from sstparse.model.config import served_heads
 
 # SCORE_TAG: the checkpoint's validation score on the job's objective (tag "objective" names it).
 LAYOUT_TAG, HEADS_TAG, SCORE_TAG = "layout", "heads", "objective_score"
@@ -55,8 +56,7 @@ def check_layout(cfg: TrackingConfig, name: str, layout: Mapping[str, Sequence[s
 
 def check_job(job) -> None:
     """Before training: would this job's model be refused by its registered name? (Checked again at registration.)"""
-    served = [job.train.target] if job.train.mode == "dedicated" else job.domain_names  # inference_model's heads
-    layout = layout_of([load_domains()[n] for n in served])
+    layout = layout_of([load_domains()[n] for n in served_heads(job.domain_names, job.target_domain)])
     check_layout(job.tracking, job.registered_name, layout, job.tracking.allow_layout_change)
 
 

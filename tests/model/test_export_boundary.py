@@ -15,9 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from sstparse.model.backbone import build_backbone
 from sstparse.model.decoder import DeepLabDecoder
 from sstparse.model.heads import DomainHeads
-from sstparse.model.losses import SSTLossWeights
 from sstparse.model.parser import HumanParser, ParserConfig, build_parser
-from sstparse.model.sst import SSTConfig, build_sst_model, inference_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model, inference_model
 
 DOMS = {"a": 6, "b": 3, "c": 4}
 
@@ -46,8 +46,7 @@ def _train_a_step(model, x, y, d):
 @pytest.mark.parametrize("target", [None, "b"])
 def test_inference_model_equals_plain_network(target):
     cfg = ParserConfig()
-    weights = SSTLossWeights(lambda_kd=1.0 if target else 0.0)
-    model = build_sst_model(cfg, DOMS, SSTConfig(), weights, target_domain=target).train()
+    model = build_sst_model(cfg, DOMS, SSTConfig(lambda_kd=1.0 if target else 0.0), target_domain=target).train()
     x, y, d = torch.randn(3, 3, 40, 32), torch.randint(0, 3, (3, 40, 32)), torch.tensor([0, 1, 2])
     _train_a_step(model, x, y, d)  # memories filled, weights moved: the boundary must hold after training
     exported = inference_model(model)
@@ -88,12 +87,11 @@ def _grad_holes(model) -> list[str]:
 @pytest.mark.parametrize("domain", [0, 1, 2])
 @pytest.mark.parametrize("variant", ["universal", "universal_kd", "dedicated", "plain", "no_sst_weights"])
 def test_single_domain_batch_reaches_every_parameter(domain, variant):
-    sst_cfg = None if variant == "plain" else SSTConfig()
-    weights = {"universal": SSTLossWeights(), "universal_kd": SSTLossWeights(lambda_kd=0.5),
-               "dedicated": SSTLossWeights(lambda_kd=0.5),
-               "plain": SSTLossWeights(), "no_sst_weights": SSTLossWeights(0.0, 0.0, 0.0)}[variant]
+    sst = {"universal": SSTConfig(), "universal_kd": SSTConfig(lambda_kd=0.5), "dedicated": SSTConfig(lambda_kd=0.5),
+           "plain": SSTConfig(enabled=False),
+           "no_sst_weights": SSTConfig(lambda_mse=0.0, lambda_mst=0.0, lambda_kd=0.0)}[variant]
     target = "c" if variant == "dedicated" else None
-    model = build_sst_model(ParserConfig(), DOMS, sst_cfg, weights, target_domain=target).train()
+    model = build_sst_model(ParserConfig(), DOMS, sst, target_domain=target).train()
     y = torch.randint(0, 3, (2, 36, 28))
     y[0, :4] = 255
     out = model(torch.randn(2, 3, 36, 28), y, torch.tensor([domain, domain]))

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from sstparse.model import losses as L
 from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig, build_sst_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model
 
 DOMS = {"a": 6, "b": 3}
 
@@ -109,8 +110,8 @@ def test_distillation_into_every_head_is_the_mean_of_per_target_losses():
 def test_losses_are_finite(case):
     target = "a" if case == "dedicated" else None
     distils = case in ("dedicated", "universal_kd")
-    weights = L.SSTLossWeights(lambda_kd=1.0 if distils else 0.0)
-    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(), weights, target_domain=target).train()
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(lambda_kd=1.0 if distils else 0.0),
+                            target_domain=target).train()
     n = 1 if case == "one_image" else 4
     x = torch.randn(n, 3, 41, 29)
     y = torch.randint(0, 3, (n, 41, 29), dtype=torch.uint8)
@@ -133,7 +134,7 @@ def test_universal_distillation_teaches_every_head_from_other_domains_labels(lam
     """A batch of domain-a images only: head b learns from a's labels through M(a->b) exactly when lambda_kd > 0
     (CE does not reach it and the transfer NLL detaches it), and the target-less model distils into both heads."""
     torch.manual_seed(0)
-    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(), L.SSTLossWeights(lambda_kd=lambda_kd)).train()
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(lambda_kd=lambda_kd)).train()
     assert model.distillation_targets() == (["a", "b"] if lambda_kd else [])
     out = model(torch.randn(2, 3, 40, 32), torch.randint(0, 6, (2, 40, 32)), torch.tensor([0, 0]))
     out["loss"].backward()
@@ -146,19 +147,19 @@ def test_universal_distillation_teaches_every_head_from_other_domains_labels(lam
 def test_total_loss_weights():
     parts = {"ce": torch.tensor(1.0), "mse": torch.tensor(2.0), "mst": torch.tensor(3.0), "kd": torch.tensor(4.0),
              "transfer": torch.tensor(10.0), "aux": torch.tensor(5.0)}
-    w = L.SSTLossWeights(lambda_mse=0.5, lambda_mst=0.25, lambda_kd=0.1, temperature=3.0, lambda_transfer=0.5,
-                         transfer_ramp=0.4, lambda_aux=0.2)
+    w = SSTConfig(lambda_mse=0.5, lambda_mst=0.25, lambda_kd=0.1, temperature=3.0, lambda_transfer=0.5,
+                  transfer_ramp=0.4, deep_supervision=0.2)
     assert math.isclose(L.total_loss(parts, w).item(), 1 + 1 + 0.75 + 0.4 + 5 + 1, rel_tol=1e-6)
     # Label transfer ramps in linearly over the first 40% of training.
     assert math.isclose(L.total_loss(parts, w, progress=0.1).item(), 1 + 1 + 0.75 + 0.4 + 1.25 + 1, rel_tol=1e-6)
     assert L.transfer_ramp(w, 0.0) == 0.0 and L.transfer_ramp(w, 0.9) == 1.0
-    assert L.transfer_ramp(L.SSTLossWeights(transfer_ramp=0.0), 0.0) == 1.0
+    assert L.transfer_ramp(SSTConfig(transfer_ramp=0.0), 0.0) == 1.0
     with pytest.raises(ValueError, match="transfer_ramp"):
-        L.SSTLossWeights(transfer_ramp=1.5)
+        SSTConfig(transfer_ramp=1.5)
     with pytest.raises(ValueError, match="lambda_mst"):
-        L.SSTLossWeights(lambda_mst=-1.0)
+        SSTConfig(lambda_mst=-1.0)
     with pytest.raises(ValueError, match="temperature"):
-        L.SSTLossWeights(temperature=0.0)
+        SSTConfig(temperature=0.0)
 
 
 @pytest.mark.parametrize("to_heads", [False, True])
@@ -205,8 +206,8 @@ def test_label_transfer_matches_hand_computation_and_skips_unconfident_rows():
 def test_label_transfer_trains_heads_from_other_domains_images_only_when_weighted():
     torch.manual_seed(0)
     for lam in (0.0, 0.5):
-        model = build_sst_model(ParserConfig(), DOMS, SSTConfig(transfer_confidence=0.0),
-                                L.SSTLossWeights(lambda_transfer=lam, lambda_mst=0.0, lambda_mse=0.0)).train()
+        model = build_sst_model(ParserConfig(), DOMS, SSTConfig(transfer_confidence=0.0, lambda_transfer=lam,
+                                                                lambda_mst=0.0, lambda_mse=0.0)).train()
         out = model(torch.randn(2, 3, 40, 32), torch.randint(0, 6, (2, 40, 32)), torch.tensor([0, 0]))
         out["loss"].backward()
         grad = sum(float(p.grad.abs().sum()) for p in model.parser.heads.heads["b"].parameters())

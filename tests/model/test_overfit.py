@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from sstparse.model.losses import SSTLossWeights
 from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig, build_sst_model, inference_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model, inference_model
 
 
 def test_overfit_two_rendered_domains(rendered_two_domains):
     x, y, d, domains = rendered_two_domains
-    model = build_sst_model(ParserConfig(), domains, SSTConfig(), SSTLossWeights()).train()
+    model = build_sst_model(ParserConfig(), domains, SSTConfig()).train()
     opt = torch.optim.Adam(model.parameters(), 5e-3)
     for _ in range(220):
         out = model(x, y, d)

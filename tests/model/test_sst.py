@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sstparse.model.losses import SSTLossWeights
 from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig, build_sst_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model
 
 DOMS = {"a": 6, "b": 3, "c": 4}
 
@@ -57,7 +57,7 @@ def test_association_moves_to_the_true_association_on_a_coarsening(toy):
     g = torch.Generator().manual_seed(0)
     fine_to_coarse, coarse_to_fine = toy_truth(g)
     model = build_sst_model(ParserConfig(), {"fine": 6, "coarse": 3},
-                            weights=SSTLossWeights(lambda_mse=0.1, lambda_mst=1.0)).train()
+                            SSTConfig(lambda_mse=0.1, lambda_mst=1.0)).train()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     tv0 = (_tv(model.association("fine", "coarse"), fine_to_coarse),
            _tv(model.association("coarse", "fine"), coarse_to_fine))
@@ -169,7 +169,7 @@ def test_learned_association_is_semantic_on_rendered_domains():
     truth_lp = torch.tensor(np.nan_to_num(true_association(lip, ppp, hist["syn_ppp"])))
     truth_pl = torch.tensor(np.nan_to_num(true_association(ppp, lip, hist["syn_lip"])))
     seen = truth_lp.sum(1) > 0
-    model = build_sst_model(ParserConfig(), [lip, ppp], weights=SSTLossWeights(0.1, 0.1)).train()
+    model = build_sst_model(ParserConfig(), [lip, ppp], SSTConfig(lambda_mse=0.1, lambda_mst=0.1)).train()
     tv0 = (_tv(model.association("syn_lip", "syn_ppp")[seen], truth_lp[seen]),
            _tv(model.association("syn_ppp", "syn_lip"), truth_pl))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -197,16 +197,16 @@ def test_deep_supervision_ablation_is_training_only():
     from sstparse.model.sst import inference_model
 
     torch.manual_seed(0)
-    model = build_sst_model(ParserConfig(), DOMS, None, SSTLossWeights(lambda_aux=0.1),
-                            aux_cfg=SSTConfig(embed_dim=16)).train()
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(enabled=False, deep_supervision=0.1,
+                                                            embed_dim=16)).train()
     x, y, d = _batch()
     out = model(x, y, d)
     assert "aux" in out and torch.isfinite(out["aux"]) and "mst" not in out
     assert torch.allclose(out["loss"], out["ce"] + 0.1 * out["aux"])
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
-    plain = build_sst_model(ParserConfig(), DOMS, None)
+    plain = build_sst_model(ParserConfig(), DOMS, SSTConfig(enabled=False))
     assert sum(p.numel() for p in inference_model(model).parameters()) == \
         sum(p.numel() for p in inference_model(plain).parameters())
     # With SST modules present the ablation is not built (SST has its own feature-level losses).
-    assert build_sst_model(ParserConfig(), DOMS, SSTConfig(), aux_cfg=SSTConfig()).aux is None
+    assert build_sst_model(ParserConfig(), DOMS, SSTConfig(deep_supervision=0.1)).aux is None

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from sstparse.config import ConfigError, load_yaml, validate
+from sstparse.model.config import SSTConfig
+from sstparse.train import checkpoints
 from sstparse.train.config import JobConfig
 
 BASE = {"data": {"root": "x", "domain_mix": {"syn_lip": 1.0, "syn_ppp": 0.5}}}
@@ -89,16 +91,17 @@ def test_relative_paths_are_resolved_for_workers(tmp_path, monkeypatch):
     assert resolved.data.root == "s3://b/p" and resolved.tracking.tracking_uri == "http://mlflow:5000"
 
 
-def test_sst_section_maps_onto_the_model_settings():
+def test_sst_section_is_what_the_model_and_losses_take():
+    """One class from the YAML to the loss: the model built from a job holds the job's sst section itself."""
     job = validate(JobConfig, {**BASE, "sst": {"lambda_transfer": 0.5, "transfer_ramp": 0.2,
                                                "transfer_confidence": 0.6, "assoc_lr_mult": 5.0}}, "job.yaml")
-    assert job.sst.sst_config().transfer_confidence == 0.6 and job.sst.aux_config() is None
-    w = job.sst.loss_weights()
-    assert (w.lambda_transfer, w.transfer_ramp, w.lambda_aux) == (0.5, 0.2, 0.0)
+    assert isinstance(job.sst, SSTConfig)
+    model = checkpoints.build_model(job)
+    assert model.cfg is job.sst and model.sst is not None and model.aux is None
     plain = validate(JobConfig, {**BASE, "sst": {"enabled": False, "deep_supervision": 0.1, "embed_dim": 16}},
                      "job.yaml")
-    assert plain.sst.sst_config() is None and plain.sst.aux_config().embed_dim == 16
-    assert plain.sst.loss_weights().lambda_aux == 0.1
+    model = checkpoints.build_model(plain)
+    assert model.sst is None and model.aux.classifier.in_channels == 16 and model.cfg.deep_supervision == 0.1
     for key, value in (("transfer_ramp", 1.5), ("lambda_transfer", -1), ("transfer_confidence", 2),
                        ("assoc_lr_mult", 0)):
         with pytest.raises(ConfigError, match=f"job.yaml: sst.{key}"):

@@ -50,6 +50,9 @@ def test_ray_job_submit_trains_and_registers(ray_head, tiny_shards, tmp_path):
     # A quiet console: rank 0's line per epoch, once (Ray Train's print patch would double it), and no worker's
     # whole metric dict (Ray Train's "Reporting training result" INFO line, one per rank and epoch).
     assert logs.count("epoch 1/1: loss") == 1 and "Reporting training result" not in logs
+    # Nor Ray Data's operator bars (each redraw a line without a terminal) or MLflow's download bars; the start
+    # names where the full logs are.
+    assert "row/s" not in logs and "Downloading artifacts" not in logs and "[sstparse] full logs: " in logs
     runs = tracking.find_runs(job.tracking, "attributes.run_name = 'submitted'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val/mean_miou" in runs[0].data.metrics

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig, build_sst_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model
 from sstparse.train.config import OptimConfig
 from sstparse.train.loop import build_optimizer
 
@@ -28,5 +29,5 @@ def test_association_parameters_get_their_own_rate_and_no_decay(optimizer):
 
 
 def test_a_plain_network_has_no_association_group():
-    model = build_sst_model(ParserConfig(), DOMS, None)
+    model = build_sst_model(ParserConfig(), DOMS, SSTConfig(enabled=False))
     assert len(build_optimizer(OptimConfig(), model, assoc_lr_mult=10.0).param_groups) == 2

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from sstparse.config import ConfigError
-from sstparse.tune.config import Fixed, Range, SweepConfig, load_sweep
+from sstparse.train.config import JobConfig
+from sstparse.tune.config import TARGETS, Fixed, Range, SearchSpace, SweepConfig, load_sweep
 from sstparse.tune.sweep import apply_params, fixed_params, param_space, searched
 from tests.train.conftest import tiny_job
 
@@ -36,6 +37,16 @@ def test_apply_params_normalises_the_mix_and_keeps_head_order(tmp_path):
     assert trial.data.domain_mix == pytest.approx({"syn_lip": 0.25, "syn_cihp": 0.0, "syn_atr": 0.5,
                                                    "syn_ppp": 0.25})
     assert trial.domain_names == job.domain_names  # same heads in the same order
+
+
+def test_every_knob_is_declared_once_and_reaches_its_job_field(tmp_path):
+    """A knob is one SearchSpace line; its job field exists and takes the searched value."""
+    assert set(TARGETS) == set(SearchSpace.model_fields) - {"domain_mix"}
+    job = tiny_job("/shards", tmp_path)
+    for knob, (section, field) in TARGETS.items():
+        assert field in type(getattr(job, section)).model_fields, (knob, section, field)
+        assert getattr(getattr(apply_params(job, {knob: 0.123}), section), field) == 0.123
+    assert JobConfig.model_fields.keys() >= {section for section, _ in TARGETS.values()}
 
 
 def test_apply_params_rejects_a_bad_value(tmp_path):

@@ -444,9 +444,12 @@ class DataStream:
 
 
 def set_verbose(verbose: bool) -> None:
-    """Whether Ray Data prints each execution's start and plan (two INFO lines per epoch and validation set).
-    Datasets built after this carry the setting to the processes that execute them."""
-    ray.data.DataContext.get_current().print_on_execution_start = verbose
+    """Whether Ray Data prints each execution's start and plan (two INFO lines per epoch and validation set) and
+    its per-operator progress bars (without a terminal each redraw is a new line: hundreds per epoch). Datasets
+    built after this carry the setting to the processes that execute them."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = verbose
+    ctx.enable_progress_bars = verbose
 
 
 def build_train_dataset(cfg: DataConfig, domains: Domains, start_epoch: int = 0) -> Dataset:

@@ -1,5 +1,5 @@
 """The network's settings: the inference network's architecture (:class:`ParserConfig`, the job's ``model:``
-section), the training-only SST modules (:class:`SSTConfig`) and the loss weights (:class:`SSTLossWeights`).
+section) and the training-only SST modules with their loss weights (:class:`SSTConfig`, the ``sst:`` section).
 
 Kept apart from the modules that build them so that a job's schema (:mod:`sstparse.train.config`) imports no torch:
 validating a YAML file, a CLI check or a sweep's search space needs only these.
@@ -7,8 +7,7 @@ validating a YAML file, a CLI check or a sweep's search space needs only these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field, field_validator
 
@@ -16,7 +15,12 @@ from sstparse.config import StrictModel
 
 # The ResNet family of sstparse.model.backbone (its SPECS has exactly these keys; a test checks).
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101")
-SCALES = ("pixels", "context", "c2", "c3", "c4", "c5")  # feature maps MSA can aggregate
+
+
+def served_heads(domain_names: Sequence[str], target_domain: str | None) -> list[str]:
+    """The heads a trained model serves (export, registry layout): every head, or only a dedicated-mode model's
+    target (its other heads were trained as distillation teachers, not as parsers anyone asked for)."""
+    return [target_domain] if target_domain is not None else list(domain_names)
 
 
 def default_rates(output_stride: int) -> tuple[int, ...]:
@@ -64,67 +68,40 @@ class ParserConfig(StrictModel):
             "aspp_rates": tuple(self.aspp_rates or default_rates(self.output_stride))})
 
 
-@dataclass(frozen=True)
-class SSTConfig:
-    """Training-only SST modules.
+class SSTConfig(StrictModel):
+    """A job YAML's ``sst:`` section as it is, and what :func:`sstparse.model.sst.build_sst_model` and the losses
+    take: the training-only SST modules (removed at export) and the loss weights Tune searches."""
 
-    embed_dim: class/pixel embedding width of MSA.
-    scales: feature maps MSA aggregates: ``pixels`` (decoder F), ``context`` (ASPP), ``c2``..``c5`` (backbone).
-    ema_momentum: memory momentum (class prototypes and relation targets).
-    proto_temperature: temperature of the pixel-to-prototype cosine logits.
-    assoc_temperature: initial temperature of the association similarity (its inverse is learned).
-    adjacency_radius: classes within this many stride-4 pixels "touch" (MSE relation target).
-    transfer_to_heads: let the transfer NLL train the heads too (off: see losses.transfer_loss for why).
-    transfer_confidence: label transfer uses a row of M only when its largest entry is at least this.
-    """
-
-    embed_dim: int = 128
-    scales: tuple[str, ...] = ("pixels", "c3", "context")
-    ema_momentum: float = 0.9
-    proto_temperature: float = 0.1
-    assoc_temperature: float = 0.1
-    adjacency_radius: int = 1
-    transfer_to_heads: bool = False
-    transfer_confidence: float = 0.5
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.scales if s not in SCALES]
-        if bad or not self.scales:
-            raise ValueError(f"scales: unknown {bad} (known: {list(SCALES)}) or empty")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.proto_temperature <= 0 or self.assoc_temperature <= 0 or self.adjacency_radius < 1:
-            raise ValueError("temperatures must be > 0 and adjacency_radius >= 1")
-        if not 0.0 <= self.transfer_confidence <= 1.0:
-            raise ValueError(f"transfer_confidence must be in [0, 1], got {self.transfer_confidence}")
-
-
-@dataclass(frozen=True)
-class SSTLossWeights:
-    """Loss weights (what Tune searches, with the domain mix and the learning rate).
-
-    lambda_mse: weight of MSE (relation KL + pixel-to-prototype CE).
-    lambda_mst: weight of MST (cross-domain transfer NLL).
-    lambda_kd: weight of distillation: into the target head (dedicated mode) or every head (universal mode).
-    temperature: T of the distillation softmax (> 0).
-    lambda_transfer: weight of label transfer (every head learns from the other domains' labels through M).
-    transfer_ramp: fraction of training over which lambda_transfer ramps linearly from 0 (0: from the start).
-    lambda_aux: weight of the deep-supervision CE (ablation of the plain network, sst.DeepSupervision).
-    """
-
-    lambda_mse: float = 0.1
-    lambda_mst: float = 0.1
-    lambda_kd: float = 0.0
-    temperature: float = 2.0
-    lambda_transfer: float = 0.0
-    transfer_ramp: float = 0.3
-    lambda_aux: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.transfer_ramp <= 1.0:
-            raise ValueError(f"transfer_ramp must be in [0, 1], got {self.transfer_ramp}")
-        for name in ("lambda_mse", "lambda_mst", "lambda_kd", "lambda_transfer", "lambda_aux"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    enabled: bool = Field(True, description="False trains the plain multi-head baseline (CE only).")
+    embed_dim: int = Field(128, gt=0, description="MSA class/pixel embedding width.")
+    scales: tuple[Literal["pixels", "context", "c2", "c3", "c4", "c5"], ...] = Field(
+        ("pixels", "c3", "context"), min_length=1, description="Feature maps MSA aggregates: pixels (decoder F), "
+                                                               "context (ASPP), c2..c5 (backbone stages).")
+    ema_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the class memories (prototypes and "
+                                                             "relation targets).")
+    proto_temperature: float = Field(0.1, gt=0, description="Pixel-to-prototype cosine logit temperature.")
+    assoc_temperature: float = Field(0.1, gt=0, description="Initial association similarity temperature (its "
+                                                            "inverse is learned).")
+    adjacency_radius: int = Field(1, ge=1, description="Classes this close (stride-4 px) count as touching (MSE's "
+                                                       "relation target).")
+    lambda_mse: float = Field(0.1, ge=0, description="Weight of MSE, the intra-domain enhancement (relation KL + "
+                                                     "pixel-to-prototype CE).")
+    lambda_mst: float = Field(0.1, ge=0, description="Weight of MST, the cross-domain transfer NLL.")
+    lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation: into the target head (dedicated "
+                                                   "mode) or, when > 0, into every head (universal mode).")
+    temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
+    lambda_transfer: float = Field(0.0, ge=0, description="Weight of label transfer: every head learns from the "
+                                                          "other domains' labels through the associations.")
+    transfer_ramp: float = Field(0.3, ge=0, le=1, description="Fraction of training over which lambda_transfer "
+                                                              "ramps in linearly from 0 (0: from the start).")
+    transfer_confidence: float = Field(0.5, ge=0, le=1, description="Label transfer uses an association row only "
+                                                                     "when its largest entry is at least this.")
+    transfer_to_heads: bool = Field(False, description="Let MST's transfer NLL train the heads too (off: "
+                                                       "sstparse.model.losses.transfer_loss says why).")
+    assoc_lr_mult: float = Field(1.0, gt=0, description="Learning-rate multiplier of the association's own "
+                                                         "parameters (MST scale and residuals): at the base rate M "
+                                                         "stays under-fitted for thousands of steps (the benchmark "
+                                                         "uses 10).")
+    deep_supervision: float = Field(0.0, ge=0, description="Ablation for the plain network (enabled: false): an "
+                                                           "auxiliary per-domain classifier on MSA's multi-scale "
+                                                           "embedding, trained by CE at this weight.")

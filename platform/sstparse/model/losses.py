@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sstparse.model.config import SSTLossWeights
+from sstparse.model.config import SSTConfig
 
 IGNORE = -100
 
@@ -197,17 +197,18 @@ def label_transfer_loss(logits: Mapping[str, Tensor], labels: Tensor, domain_idx
     return total / denom
 
 
-def transfer_ramp(weights: SSTLossWeights, progress: float) -> float:
+def transfer_ramp(cfg: SSTConfig, progress: float) -> float:
     """The factor on lambda_transfer at ``progress`` (fraction of training done): linear from 0 to 1."""
-    return 1.0 if weights.transfer_ramp == 0 else min(1.0, max(0.0, progress) / weights.transfer_ramp)
+    return 1.0 if cfg.transfer_ramp == 0 else min(1.0, max(0.0, progress) / cfg.transfer_ramp)
 
 
-def total_loss(parts: Mapping[str, Tensor], weights: SSTLossWeights, progress: float = 1.0) -> Tensor:
-    """CE + weighted SST terms. Zero-weighted terms are still added (times 0) so the graph never shrinks."""
+def total_loss(parts: Mapping[str, Tensor], cfg: SSTConfig, progress: float = 1.0) -> Tensor:
+    """CE + the SST terms at the ``sst:`` section's weights. Zero-weighted terms are still added (times 0) so the
+    graph never shrinks."""
     loss = parts["ce"]
-    for key, lam in (("mse", weights.lambda_mse), ("mst", weights.lambda_mst), ("kd", weights.lambda_kd),
-                     ("transfer", weights.lambda_transfer * transfer_ramp(weights, progress)),
-                     ("aux", weights.lambda_aux)):
+    for key, lam in (("mse", cfg.lambda_mse), ("mst", cfg.lambda_mst), ("kd", cfg.lambda_kd),
+                     ("transfer", cfg.lambda_transfer * transfer_ramp(cfg, progress)),
+                     ("aux", cfg.deep_supervision)):
         if key in parts:
             loss = loss + lam * parts[key]
     return loss

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sstparse.model import losses as L
-from sstparse.model.config import SSTConfig, SSTLossWeights
+from sstparse.model.config import SSTConfig, served_heads
 from sstparse.model.parser import HumanParser, ParserConfig, ParserFeatures, build_parser
 
 _NEG = -1e9  # masked logit; SST maths runs in float32, where exp(_NEG - max) is exactly 0 and nothing overflows
@@ -295,11 +295,10 @@ class SSTModel(nn.Module):
     head on the stride-4 grid).
     """
 
-    def __init__(self, parser: HumanParser, sst: SSTModules | None = None,
-                 weights: SSTLossWeights = SSTLossWeights(), target_domain: str | None = None,
-                 aux: DeepSupervision | None = None):
+    def __init__(self, parser: HumanParser, sst: SSTModules | None = None, cfg: SSTConfig = SSTConfig(),
+                 target_domain: str | None = None, aux: DeepSupervision | None = None):
         super().__init__()
-        self.parser, self.sst, self.weights, self.target_domain = parser, sst, weights, target_domain
+        self.parser, self.sst, self.cfg, self.target_domain = parser, sst, cfg, target_domain
         self.aux = aux
         self.progress = 1.0  # fraction of training done (set by the training loop): ramps label transfer in
         if target_domain is not None:
@@ -319,7 +318,7 @@ class SSTModel(nn.Module):
         domains' labels through M(*->t) on their images."""
         if self.target_domain is not None:
             return [self.target_domain]
-        if self.sst is None or self.sst.mst is None or self.weights.lambda_kd == 0:
+        if self.sst is None or self.sst.mst is None or self.cfg.lambda_kd == 0:
             return []
         return list(self.domain_names)
 
@@ -337,14 +336,14 @@ class SSTModel(nn.Module):
             out["aux"] = self.aux(feats, grid, domain_idx)
         if self.sst is not None:
             out.update(self.sst(feats, logits, grid, domain_idx))
-            if self.weights.lambda_transfer > 0 and "assoc" in out:
+            if self.cfg.lambda_transfer > 0 and "assoc" in out:
                 out["transfer"] = L.label_transfer_loss(logits, grid, domain_idx, out["assoc"],
-                                                        self.sst.cfg.transfer_confidence)
+                                                        self.cfg.transfer_confidence)
             targets = self.distillation_targets()
             if targets:
                 out["kd"] = L.distillation_loss(logits, grid, domain_idx, out["assoc"], targets,
-                                                self.weights.temperature)
-        out["loss"] = L.total_loss(out, self.weights, self.progress)
+                                                self.cfg.temperature)
+        out["loss"] = L.total_loss(out, self.cfg, self.progress)
         out["logits"] = logits
         return out
 
@@ -354,15 +353,14 @@ class SSTModel(nn.Module):
         return self.sst.association(a, b)
 
 
-def build_sst_model(cfg: ParserConfig, domains: Any, sst_cfg: SSTConfig | None = SSTConfig(),
-                    weights: SSTLossWeights = SSTLossWeights(), target_domain: str | None = None,
-                    aux_cfg: SSTConfig | None = None) -> SSTModel:
-    """Parser + SST modules (``sst_cfg=None``: a plain multi-head baseline trained with CE only; with ``aux_cfg``
-    too, that baseline plus :class:`DeepSupervision` at ``weights.lambda_aux``)."""
+def build_sst_model(cfg: ParserConfig, domains: Any, sst: SSTConfig = SSTConfig(),
+                    target_domain: str | None = None) -> SSTModel:
+    """Parser + SST modules as a job's ``sst:`` section says: ``enabled: false`` is the plain multi-head baseline
+    trained with CE only, plus :class:`DeepSupervision` when ``deep_supervision > 0``."""
     parser = build_parser(cfg, domains)
-    sst = SSTModules(parser, sst_cfg) if sst_cfg is not None else None
-    aux = DeepSupervision(parser, aux_cfg) if aux_cfg is not None and sst is None else None
-    return SSTModel(parser, sst, weights, target_domain, aux)
+    modules = SSTModules(parser, sst) if sst.enabled else None
+    aux = DeepSupervision(parser, sst) if not sst.enabled and sst.deep_supervision > 0 else None
+    return SSTModel(parser, modules, sst, target_domain, aux)
 
 
 def inference_model(model: nn.Module, keep: Sequence[str] | None = None) -> HumanParser:
@@ -375,8 +373,8 @@ def inference_model(model: nn.Module, keep: Sequence[str] | None = None) -> Huma
     parser = model.parser if isinstance(model, SSTModel) else model
     if not isinstance(parser, HumanParser):
         raise TypeError(f"expected an SSTModel or HumanParser, got {type(model).__name__}")
-    if keep is None and isinstance(model, SSTModel) and model.target_domain is not None:
-        keep = [model.target_domain]
+    if keep is None and isinstance(model, SSTModel):
+        keep = served_heads(model.domain_names, model.target_domain)
     out = copy.deepcopy(parser).eval()
     if keep is not None:
         missing = [k for k in keep if k not in out.domain_names]

@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sstparse.domains import load_domains
 from sstparse.model.parser import ParserConfig
-from sstparse.model.sst import SSTConfig, build_sst_model, inference_model
+from sstparse.model.config import SSTConfig
+from sstparse.model.sst import build_sst_model, inference_model
 
 DEFAULT_DOMAINS = ("syn_lip", "syn_cihp", "syn_atr", "syn_ppp")
 
@@ -56,7 +57,7 @@ def measure(backbone: str, domains: Any, size: Sequence[int] = (512, 512), outpu
     torch.manual_seed(0)
     cfg = ParserConfig(backbone=backbone, output_stride=output_stride)
     model = build_sst_model(cfg, domains, sst_cfg).train()
-    plain = build_sst_model(cfg, domains, None).train()
+    plain = build_sst_model(cfg, domains, SSTConfig(enabled=False)).train()
     plain.parser.load_state_dict(model.parser.state_dict())
     exported = inference_model(model)
     h, w = size

@@ -260,8 +260,8 @@ def step_time_ratio(base: JobConfig, steps: int = 10) -> tuple[float, float]:
     # Confidence 0: every association row takes part in label transfer, as in a trained model (random heads give
     # no confident row, which would time C without its transfer term).
     sst = arm_jobs(base, "C", 0)[0].sst.model_copy(update={"transfer_confidence": 0.0})
-    c = build_sst_model(base.model, domains, sst.sst_config(), sst.loss_weights()).train()
-    b = build_sst_model(base.model, domains, None).train()
+    c = build_sst_model(base.model, domains, sst).train()
+    b = build_sst_model(base.model, domains, sst.model_copy(update={"enabled": False})).train()
     size, batch = base.data.crop_size, base.data.batch_size
     x = torch.randn(batch, 3, size, size)
     didx = torch.arange(batch) % len(domains)

@@ -36,9 +36,7 @@ class CheckpointError(ValueError):
 def build_model(job: JobConfig, domains: list[LabelDomain] | None = None) -> SSTModel:
     """The training model of ``job`` (heads in ``job.domain_names`` order unless ``domains`` says otherwise)."""
     domains = domains if domains is not None else [load_domains()[n] for n in job.domain_names]
-    target = job.train.target if job.train.mode == "dedicated" else None
-    return build_sst_model(job.model, domains, job.sst.sst_config(), job.sst.loss_weights(),
-                           target_domain=target, aux_cfg=job.sst.aux_config())
+    return build_sst_model(job.model, domains, job.sst, target_domain=job.target_domain)
 
 
 def is_checkpoint(path: str | Path) -> bool:

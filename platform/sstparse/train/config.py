@@ -13,56 +13,7 @@ from pydantic import Field, model_validator
 
 from sstparse.config import StrictModel, TrackingConfig
 from sstparse.data.config import DataConfig
-from sstparse.model.config import ParserConfig, SSTConfig, SSTLossWeights
-
-
-class SSTSettings(StrictModel):
-    """Training-only SST modules (removed at export) and the loss weights Tune searches."""
-
-    enabled: bool = Field(True, description="False trains the plain multi-head baseline (CE only).")
-    embed_dim: int = Field(128, gt=0, description="MSA class/pixel embedding width.")
-    scales: tuple[Literal["pixels", "context", "c2", "c3", "c4", "c5"], ...] = Field(
-        ("pixels", "c3", "context"), min_length=1, description="Feature maps MSA aggregates.")
-    ema_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the class memories.")
-    proto_temperature: float = Field(0.1, gt=0, description="Pixel-to-prototype logit temperature.")
-    assoc_temperature: float = Field(0.1, gt=0, description="Initial association similarity temperature.")
-    adjacency_radius: int = Field(1, ge=1, description="Classes this close (stride-4 px) count as touching.")
-    lambda_mse: float = Field(0.1, ge=0, description="Weight of the intra-domain enhancement loss.")
-    lambda_mst: float = Field(0.1, ge=0, description="Weight of the cross-domain transfer loss.")
-    lambda_kd: float = Field(0.0, ge=0, description="Weight of distillation: into the target head (dedicated "
-                                                   "mode) or, when > 0, into every head (universal mode).")
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
-    lambda_transfer: float = Field(0.0, ge=0, description="Weight of label transfer: every head learns from the "
-                                                          "other domains' labels through the associations.")
-    transfer_ramp: float = Field(0.3, ge=0, le=1, description="Fraction of training over which lambda_transfer "
-                                                              "ramps in from 0.")
-    transfer_confidence: float = Field(0.5, ge=0, le=1, description="Label transfer uses an association row only "
-                                                                     "when its largest entry is at least this.")
-    assoc_lr_mult: float = Field(1.0, gt=0, description="Learning-rate multiplier of the association's own "
-                                                         "parameters (MST scale and residuals): at the base rate M "
-                                                         "stays under-fitted for thousands of steps (the benchmark "
-                                                         "uses 10).")
-    deep_supervision: float = Field(0.0, ge=0, description="Ablation for the plain network (enabled: false): an "
-                                                           "auxiliary per-domain classifier on MSA's multi-scale "
-                                                           "embedding, trained by CE at this weight.")
-
-    def sst_config(self) -> SSTConfig | None:
-        if not self.enabled:
-            return None
-        return SSTConfig(embed_dim=self.embed_dim, scales=tuple(self.scales), ema_momentum=self.ema_momentum,
-                         proto_temperature=self.proto_temperature, assoc_temperature=self.assoc_temperature,
-                         adjacency_radius=self.adjacency_radius, transfer_confidence=self.transfer_confidence)
-
-    def loss_weights(self) -> SSTLossWeights:
-        return SSTLossWeights(lambda_mse=self.lambda_mse, lambda_mst=self.lambda_mst, lambda_kd=self.lambda_kd,
-                              temperature=self.temperature, lambda_transfer=self.lambda_transfer,
-                              transfer_ramp=self.transfer_ramp, lambda_aux=self.deep_supervision)
-
-    def aux_config(self) -> SSTConfig | None:
-        """MSA's settings for the deep-supervision ablation (plain network only)."""
-        if self.enabled or self.deep_supervision == 0:
-            return None
-        return SSTConfig(embed_dim=self.embed_dim, scales=tuple(self.scales))
+from sstparse.model.config import ParserConfig, SSTConfig
 
 
 class OptimConfig(StrictModel):
@@ -123,7 +74,7 @@ class JobConfig(StrictModel):
 
     data: DataConfig
     model: ParserConfig = ParserConfig()
-    sst: SSTSettings = SSTSettings()
+    sst: SSTConfig = SSTConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # reads $MLFLOW_TRACKING_URI when built
@@ -146,6 +97,11 @@ class JobConfig(StrictModel):
         """Heads in order (= the stream's `domain` index): the target alone in single mode, else every domain of
         data.domain_mix -- a weight-0 domain keeps its head and validation and learns only through transfer."""
         return [self.train.target] if self.train.mode == "single" else self.data.domains
+
+    @property
+    def target_domain(self) -> str | None:
+        """The head a dedicated-mode model distils into (and the only one it serves); None in the other modes."""
+        return self.train.target if self.train.mode == "dedicated" else None
 
     def training_data(self):
         """The data config the stream is built from: single mode sees its target domain only."""

@@ -38,15 +38,20 @@ def connect(num_cpus: int | None = None) -> None:
     # which read this at start: a local instance inherits it from here (a cluster's nodes from their environment;
     # cluster/local/common.sh sets it). Export RAY_DATA_LOG_LEVEL=INFO to see them.
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    # MLflow's download bars (registration, promotion) are two more lines per model; export it =true to see them.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ctx = ray.init()
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    # The quiet console (train.verbose false) hides Ray's INFO lines and progress bars, not their files.
+    print(f"[sstparse] full logs: {ctx.address_info['session_dir']}/logs (each worker's output; Ray Train's own "
+          f"under train/); --verbose prints Ray's lines here too", flush=True)
 
 
 def run(path: str | Path, overrides: list[str] | None = None, smoke_test: bool = False,
-        out_dir: str | None = None) -> FitResult:
-    job = load_job(path, overrides, smoke_test)
+        out_dir: str | None = None, verbose: bool = False) -> FitResult:
+    job = load_job(path, list(overrides or []) + (["train.verbose=true"] if verbose else []), smoke_test)
     connect()
     result = fit(job, out_dir=out_dir)
     print(format_result(result))

@@ -7,7 +7,7 @@ comes from that job, so a sweep never repeats the data, model or scaling setting
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -40,18 +40,30 @@ class Fixed(StrictModel):
 Param = Range | Fixed
 
 
-class SearchSpace(StrictModel):
-    """What Tune searches. A knob left out keeps the job's value."""
+def _knob(job_field: str, description: str) -> Any:
+    """A searchable knob: the job field it sets (``section.field``) is declared here and nowhere else."""
+    return Field(None, description=f"{job_field}: {description}", json_schema_extra={"job_field": job_field})
 
-    lambda_mse: Param | None = Field(None, description="sst.lambda_mse, intra-domain enhancement weight.")
-    lambda_mst: Param | None = Field(None, description="sst.lambda_mst, cross-domain transfer weight.")
-    lambda_kd: Param | None = Field(None, description="sst.lambda_kd, distillation weight (universal or "
-                                                      "dedicated mode).")
-    temperature: Param | None = Field(None, description="sst.temperature, distillation temperature T.")
-    lr: Param | None = Field(None, description="optim.lr, peak learning rate.")
+
+class SearchSpace(StrictModel):
+    """What Tune searches. A knob left out keeps the job's value. Adding a knob is one line here."""
+
+    lambda_mse: Param | None = _knob("sst.lambda_mse", "intra-domain enhancement weight.")
+    lambda_mst: Param | None = _knob("sst.lambda_mst", "cross-domain transfer weight.")
+    lambda_kd: Param | None = _knob("sst.lambda_kd", "distillation weight (universal or dedicated mode).")
+    lambda_transfer: Param | None = _knob("sst.lambda_transfer", "label transfer weight.")
+    temperature: Param | None = _knob("sst.temperature", "distillation temperature T.")
+    lr: Param | None = _knob("optim.lr", "peak learning rate.")
     domain_mix: Param | None = Field(
         None, description="One weight per training domain (those with weight > 0 in the job), drawn from this "
                           "range and normalised to sum to 1; a domain with weight 0 stays out of training.")
+
+
+# Knob name -> (job section, field), read from SearchSpace's declarations (domain_mix is apart: one weight per
+# training domain).
+TARGETS: dict[str, tuple[str, str]] = {
+    name: tuple(f.json_schema_extra["job_field"].split("."))  # type: ignore[index, union-attr]
+    for name, f in SearchSpace.model_fields.items() if f.json_schema_extra}
 
 
 class SearchConfig(StrictModel):

@@ -23,8 +23,9 @@ def local_cpus(sweep: SweepConfig, job: JobConfig) -> int:
 
 
 def run(path: str | Path, overrides: list[str] | None = None, smoke_test: bool = False,
-        out_dir: str | None = None) -> SweepResult:
-    sweep_overrides = (SMOKE_SWEEP_OVERRIDES if smoke_test else []) + list(overrides or [])
+        out_dir: str | None = None, verbose: bool = False) -> SweepResult:
+    sweep_overrides = (SMOKE_SWEEP_OVERRIDES if smoke_test else []) + list(overrides or []) + \
+        (["job.train.verbose=true"] if verbose else [])
     sweep, job = load_sweep(path, sweep_overrides, SMOKE_OVERRIDES if smoke_test else None)
     connect(local_cpus(sweep, job))
     result = run_sweep(sweep, job, out_dir=out_dir)

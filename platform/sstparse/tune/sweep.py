@@ -35,11 +35,8 @@ from sstparse.config import ConfigError, validate
 from sstparse.train.config import JobConfig
 from sstparse.train import checkpoints
 from sstparse.train.trainer import absolute_paths, finalize, fit, recorded_run, recorded_run_id, storage_at
-from sstparse.tune.config import Range, SweepConfig
+from sstparse.tune.config import TARGETS, Range, SweepConfig
 
-# Where each searchable knob lives in the job (domain_mix is handled apart: one weight per domain).
-TARGETS = {"lambda_mse": ("sst", "lambda_mse"), "lambda_mst": ("sst", "lambda_mst"),
-           "lambda_kd": ("sst", "lambda_kd"), "temperature": ("sst", "temperature"), "lr": ("optim", "lr")}
 MIX = "mix."
 
 
