@@ -90,7 +90,8 @@ def test_single_array_and_stacked_batch(model):
     assert one.shape == (48, 48) and all(np.array_equal(one, x) for x in two)
 
 
-def test_signature_declares_the_params(served):
+def test_signature_declares_the_params(served, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.cfg.tracking_uri)  # MLflow's own lookups read the store here
     sig = mlflow.models.get_model_info(f"models:/{served.name}/1").signature
     assert {p.name: p.default for p in sig.params.params} == {"domain": None, "flip_tta": False, "batch_size": 8}
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import mlflow
+
 from sstparse import export, tracking
 from sstparse.model.sst import inference_model
 from sstparse.config import TrackingConfig
@@ -29,7 +33,11 @@ def test_run_params_metrics_and_no_secrets(tmp_path):
     assert got.data.metrics == {"val/syn_lip/miou": 0.5}
 
 
-def test_child_runs_and_registry_alias(tmp_path):
+def test_child_runs_and_registry_alias(tmp_path, monkeypatch):
+    # Logging and loading a model use MLflow's global URIs only for the call: the environment later processes
+    # inherit (a later fit's Ray workers, subprocesses) is left as it was, set or not.
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     cfg = _cfg(tmp_path)
     parent = tracking.start_run(cfg, "sweep")
     child = tracking.start_run(cfg, "trial_a", parent_run_id=parent)
@@ -39,6 +47,9 @@ def test_child_runs_and_registry_alias(tmp_path):
     assert version == "1"
     assert str(tracking.get_alias(cfg, "sst-test", "challenger").version) == "1"
     assert tracking.get_alias(cfg, "sst-test", "champion") is None
+    assert tracking.load_pyfunc_model("models:/sst-test@challenger", cfg.tracking_uri) is not None
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db" and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"
 
 
 def test_tracking_uri_comes_from_the_environment_unless_set(monkeypatch):

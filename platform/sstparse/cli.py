@@ -81,11 +81,21 @@ def convert(dataset, src, out, on_bad_record):
 
 @main.command()
 @click.argument("root")
-def inspect(root):
+@click.option("--verify", is_flag=True, help="Also re-hash every part against its manifest's sha256 (reads all the "
+                                             "bytes; training checks each part as it reads it anyway).")
+def inspect(root, verify):
     """Per-domain summary and class histograms of a shard root."""
     from sstparse.data.inspect import summarize
+    from sstparse.data.shards import list_domains, verify as verify_domain
 
     click.echo(summarize(root))
+    if verify:
+        problems = [p for d in list_domains(root) for p in verify_domain(root, d)]
+        for p in problems:
+            click.echo(p, err=True)
+        if problems:
+            raise click.ClickException(f"{len(problems)} shard part(s) do not match their manifest under {root}")
+        click.echo(f"verified: every part under {root} matches its manifest's sha256")
 
 
 @main.command()

@@ -14,9 +14,10 @@ import platform as _platform
 import subprocess
 import time
 import warnings
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import mlflow
 from mlflow.models import ModelSignature
@@ -126,9 +127,7 @@ def log_pyfunc(cfg: TrackingConfig, run_id: str, code: Path, artifacts: Mapping[
     No input schema: MLflow enforces a declared one on every call, and a list of images of different sizes or
     paths fits none (the model checks its inputs itself and names the bad one)."""
     signature = ModelSignature(params=ParamSchema([ParamSpec(n, t, d) for n, t, d in params]))
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_registry_uri(cfg.tracking_uri)
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with _store(cfg.tracking_uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # An input example needs an input schema, which this model has not.
         warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
         logged = mlflow.pyfunc.log_model(
@@ -152,12 +151,34 @@ def load_pyfunc_model(uri: str, tracking_uri: str | None = None):
         # Checked here: MLflow would retry opening a missing sqlite file for about two minutes before failing.
         raise FileNotFoundError(f"{uri}: no MLflow store at {db} (tracking URI {store}); pass the store with "
                                 "--tracking-uri or MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with _store(store):
+            return mlflow.pyfunc.load_model(uri)
     except (mlflow.exceptions.MlflowException, OSError) as err:
         raise FileNotFoundError(f"{uri}: cannot load the model ({err})") from None
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def _store(uri: str) -> Iterator[None]:
+    """MLflow's fluent calls (log_model, pyfunc.load_model) read global URIs, and setting those also exports
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, so every process started afterwards (a later fit's Ray workers, a
+    subprocess) would inherit this store over its own. Set them for the call, then put both back as found."""
+    before = {k: os.environ.get(k) for k in _URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])  # None unsets it
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def set_alias(cfg: TrackingConfig, name: str, alias: str, version: str) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 import sstparse
+from sstparse.cli import main
 from sstparse.data.convert import ConvertError, convert, split_of
 from sstparse.data.inspect import summarize
 from sstparse.data.shards import BadRecord, list_domains, part_paths, read_manifest, verify
@@ -261,6 +263,12 @@ def test_verify_detects_tampered_part(tmp_path):
     data[-20] ^= 0x01
     part.write_bytes(bytes(data))
     assert verify(out, "lip") == [f"{part}: checksum mismatch"]
+    # The same check from the command line: the part is named and the exit status says it failed.
+    bad = CliRunner().invoke(main, ["inspect", "--verify", out])
+    assert bad.exit_code == 1 and f"{part}: checksum mismatch" in bad.output and "1 shard part(s)" in bad.output
+    convert("lip", built.src, out, rows_per_part=2)  # rewritten: clean again
+    good = CliRunner().invoke(main, ["inspect", "--verify", out])
+    assert good.exit_code == 0 and "verified: every part" in good.output, good.output
 
 
 # ----------------------------------------------------------------------------------------------- inspect

@@ -233,9 +233,17 @@ def test_bad_record_error_names_the_record(ray_session, tmp_path):
     cfg = cfg_for(bad_root, {"syn_ppp": 1})
     with pytest.raises(Exception, match=r"bad record .*syn_ppp/train/part-00000\.parquet#row=2: undecodable image"):
         one_epoch(DataStream(cfg, DOMAINS).train_dataset(), cfg)
-    # a part that cannot be read is not a record: always an error, naming the file
+    # A part whose bytes changed after the manifest was written is not a record: always an error, naming the file,
+    # before any of its rows is decoded -- even when skipping bad records. So is a part that cannot be read.
     stream = DataStream(cfg_for(bad_root, {"syn_ppp": 1}, on_bad_record="skip"), DOMAINS)
-    (tmp_path / "syn_ppp" / "train" / "part-00001.parquet").write_bytes(b"truncated")
+    part = tmp_path / "syn_ppp" / "train" / "part-00001.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit that parquet itself might not notice
+    part.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"syn_ppp/train/part-00001\.parquet: bytes do not match the manifest's "
+                                        r"sha256"):
+        one_epoch(stream.train_dataset(), stream.cfg)
+    part.unlink()
     with pytest.raises(Exception, match=r"syn_ppp/train/part-00001\.parquet: cannot read shard part"):
         one_epoch(stream.train_dataset(), stream.cfg)
 

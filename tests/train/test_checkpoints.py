@@ -6,17 +6,24 @@ import numpy as np
 import pytest
 import torch
 
+import ray.train
+
 from sstparse.train import checkpoints
+from sstparse.train.loop import restore
+from sstparse.train.trainer import check_resumable
 from tests.serving import HEADS, tiny_job, tiny_model
 
 
-def _save(path, seed: int = 0):
-    model = tiny_model(seed=seed)
+def _optim(model):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    path.mkdir()
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _save(path, seed: int = 0, epoch: int = 2, job=None):
+    model = tiny_model(seed=seed)
+    path.mkdir(parents=True)
     matrices = {h: np.eye(3, dtype=np.int64) for h in HEADS}
-    checkpoints.save(path, model, opt, sched, tiny_job(), epoch=2, matrices=matrices, run_id="r1",
+    checkpoints.save(path, model, *_optim(model), job or tiny_job(), epoch=epoch, matrices=matrices, run_id="r1",
                      metrics={"val/mean_miou": 0.5, "note": "x", "skipped": [1]})
     return model
 
@@ -41,3 +48,44 @@ def test_a_folder_without_the_files_is_named(tmp_path):
     (tmp_path / checkpoints.META_FILE).write_text("{}")
     with pytest.raises(checkpoints.CheckpointError, match=f"{tmp_path}: not a training checkpoint"):
         checkpoints.load_model(tmp_path)
+
+
+def _truncate(path):
+    state = path / checkpoints.STATE_FILE
+    state.write_bytes(state.read_bytes()[:1000])
+
+
+def test_restore_falls_back_past_an_unreadable_state(tmp_path, capsys):
+    """A truncated state.pt in the newest checkpoint: resume names the file and continues from the previous one;
+    with none readable it stops, naming the run's checkpoint."""
+    run = tmp_path / "run"
+    _save(run / "checkpoint_2026-01-01_00-00-00.000000", seed=1, epoch=0)
+    _save(run / "checkpoint_2026-01-01_00-00-09.000000", seed=2, epoch=1)
+    newest = run / "checkpoint_2026-01-01_00-00-09.000000"
+    _truncate(newest)
+    model = tiny_model(seed=3)
+    assert restore(ray.train.Checkpoint(str(newest)), model, *_optim(model)) == (1, True)  # after epoch 0
+    torch.testing.assert_close(model.state_dict(), tiny_model(seed=1).state_dict())
+    out = capsys.readouterr().out
+    assert f"[restore] {newest}/state.pt is unreadable" in out and "resuming after epoch 1" in out
+    _truncate(run / "checkpoint_2026-01-01_00-00-00.000000")
+    with pytest.raises(checkpoints.CheckpointError, match=f"{newest}: no checkpoint of this run can be read"):
+        restore(ray.train.Checkpoint(str(newest)), model, *_optim(model))
+
+
+def test_resume_with_a_changed_network_is_refused_naming_the_fields(tmp_path):
+    job = tiny_job().model_copy(update={"train": tiny_job().train.model_copy(
+        update={"storage_path": str(tmp_path), "name": "run"})})
+    check_resumable(job, "run")  # nothing to resume: nothing to check
+    _save(tmp_path / "run" / "checkpoint_2026-01-01_00-00-00.000000", job=job)
+    # What may change on resume: epochs, learning rate, loss weights.
+    check_resumable(job.model_copy(update={"train": job.train.model_copy(update={"epochs": 9}),
+                                           "sst": job.sst.model_copy(update={"lambda_mst": 0.3})}), "run")
+    other = job.model_copy(update={"model": job.model.model_copy(update={"backbone": "resnet18"}),
+                                   "sst": job.sst.model_copy(update={"embed_dim": 8})})
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        check_resumable(other, "run")
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "run" / "checkpoint_2026-01-01_00-00-00.000000"))
+    assert "model.backbone: 'tiny' -> 'resnet18'" in message and "sst.embed_dim: 16 -> 8" in message
+    assert "heads" not in message and "another train.name" in message

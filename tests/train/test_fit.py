@@ -39,7 +39,7 @@ def test_recorded_run_is_reused_and_reopened(tmp_path):
     assert recorded_run(cfg, str(tmp_path / "train"), "trial_b") != first
 
 
-def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path):
+def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path, monkeypatch):
     # val_every=2: epoch 1 trains only (no validation, no checkpoint); epoch 2 and the last epoch validate.
     job = tiny_job(tiny_shards, tmp_path, train={"val_every": 2}, tracking={"register_as": "sst-test-universal"})
     first = fit(job, out_dir=str(tmp_path / "pictures"))
@@ -78,7 +78,9 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path)
     assert v1.tags["checkpoint"] == first.checkpoint_path and v1.tags["epoch"] == "2"
     assert "syn_atr (18 classes)" in v1.description and "validation mIoU" in v1.description
 
-    # The registered pyfunc loads in this process, keeps every head, and parses with any of them.
+    # The registered pyfunc loads in this process, keeps every head, and parses with any of them. (MLflow's own
+    # calls read the store from the environment: fit() leaves the process's MLflow URIs as it found them.)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/sst-test-universal/1")
     heads = model.unwrap_python_model().heads
     assert {n: h.num_classes for n, h in heads.items()} == {"syn_lip": 20, "syn_cihp": 20, "syn_atr": 18, "syn_ppp": 7}
@@ -99,12 +101,13 @@ def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shard
     assert meta["mlflow_run_id"] == result.run_id
 
 
-def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, tmp_path):
+def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, tmp_path, monkeypatch):
     job = tiny_job(tiny_shards, tmp_path, train={"mode": "dedicated", "target": "syn_ppp", "epochs": 1,
                                                  "num_workers": 1, "name": "ded"},
                    sst={"lambda_kd": 0.5})
     result = fit(job)
     assert "val/syn_ppp/miou" in result.metrics and result.registered_version == "1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/sst-syn_ppp/1")  # model from code + torch.export: no pickle
     labels = model.predict([np.zeros((40, 52, 3), np.uint8)] * 2)  # one head: no domain needed
     assert [x.shape for x in labels] == [(40, 52)] * 2 and max(int(x.max()) for x in labels) < 7

@@ -15,6 +15,7 @@ Everything that reads or writes these files goes through this module.
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,31 @@ def read_job(path: Path) -> JobConfig:
 
 def read_eval(path: Path):
     return np.load(path / EVAL_FILE)
+
+
+def latest(fs, folder: str) -> str | None:
+    """The newest checkpoint under a run's folder (fsspec ``fs``; Ray Train names them checkpoint_<timestamp>, so
+    name order is age order), or None."""
+    metas = sorted(fs.glob(posixpath.join(folder, "checkpoint_*", META_FILE)))
+    return posixpath.dirname(metas[-1]) if metas else None
+
+
+def read_job_at(fs, path: str) -> JobConfig:
+    """:func:`read_job` for a checkpoint on any fsspec filesystem (the driver's view of the run's storage)."""
+    with fs.open(posixpath.join(path, META_FILE), "r") as f:
+        return JobConfig.model_validate(json.load(f)["job"])
+
+
+def job_differences(saved: JobConfig, job: JobConfig) -> list[str]:
+    """What a resumed job changed that the checkpoint's tensors depend on (heads, network, SST modules, mode):
+    "field: saved -> now" for each. Epochs, learning rate, loss weights and data may change on resume."""
+    def shape(j: JobConfig) -> dict[str, Any]:
+        return {"heads": j.domain_names, "train.mode": j.train.mode, "train.target": j.target_domain,
+                **{f"model.{k}": v for k, v in j.model.model_dump(mode="json").items()},
+                **{f"sst.{k}": getattr(j.sst, k) for k in ("enabled", "embed_dim", "scales")},
+                "sst.deep_supervision > 0": j.sst.deep_supervision > 0}
+    before, now = shape(saved), shape(job)
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in before if before[k] != now[k]]
 
 
 def load_model(path: Path) -> tuple[JobConfig, SSTModel, dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import tempfile
 import time
 from contextlib import nullcontext
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -193,13 +195,35 @@ def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, mat
 
 
 def restore(checkpoint, model, optimizer, scheduler) -> tuple[int, bool]:
-    """Resume from Ray Train's latest checkpoint (set after a worker failure or when a run is resumed)."""
+    """Resume from Ray Train's latest checkpoint (set after a worker failure or when a run is resumed); when its
+    state cannot be read (a node lost while uploading it, a truncated file), from the newest one that can."""
     if checkpoint is None:
         return 0, False
-    with checkpoint.as_directory() as d:
-        state = checkpoints.read_state(Path(d))
+    state = None
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        try:
+            with candidate.as_directory() as d:
+                state = checkpoints.read_state(Path(d))
+            break
+        except Exception as err:  # torch.load's errors for a damaged file vary (RuntimeError, EOFError, pickle)
+            print(f"[restore] {candidate.path}/{checkpoints.STATE_FILE} is unreadable ({type(err).__name__}: "
+                  f"{str(err)[:200]}); trying the previous checkpoint", flush=True)
+    if state is None:
+        raise checkpoints.CheckpointError(
+            f"{checkpoint.path}: no checkpoint of this run can be read (see the [restore] lines); start afresh "
+            f"with another train.name, or restore {checkpoints.STATE_FILE} from a copy")
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     print(f"[restore] resuming after epoch {state['epoch'] + 1}", flush=True)
     return state["epoch"] + 1, True
+
+
+def _older_checkpoints(checkpoint) -> list[ray.train.Checkpoint]:
+    """The run's other checkpoints older than ``checkpoint``, newest first (Ray Train keeps num_to_keep of them
+    beside each other, named checkpoint_<timestamp>)."""
+    parent = posixpath.dirname(checkpoint.path.rstrip("/"))
+    found = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted(i.path for i in found if i.type == pafs.FileType.Directory
+                   and posixpath.basename(i.path).startswith("checkpoint_") and i.path < checkpoint.path)
+    return [ray.train.Checkpoint(p, filesystem=checkpoint.filesystem) for p in reversed(older)]

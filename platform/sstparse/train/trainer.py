@@ -97,6 +97,20 @@ def recorded_run(cfg: TrackingConfig, storage_path: str, name: str, parent_run_i
     return run_id
 
 
+def check_resumable(job: JobConfig, name: str) -> None:
+    """Ray Train resumes a run from the latest checkpoint under ``<storage_path>/<name>``: refuse, before any worker
+    starts, when this job describes another network than the one that checkpoint holds."""
+    fs, base = storage_filesystem(job.train.storage_path)
+    latest = checkpoints.latest(fs, posixpath.join(base, name))
+    if latest is None:
+        return
+    diffs = checkpoints.job_differences(checkpoints.read_job_at(fs, latest), job)
+    if diffs:
+        raise checkpoints.CheckpointError(
+            f"{latest}: run {name!r} would resume from this checkpoint, trained by a different job ("
+            f"{'; '.join(diffs)}); use the same settings to resume, or another train.name to start afresh")
+
+
 def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
     if not job.tracking.enabled:
         return None
@@ -135,9 +149,10 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
 
 
 def run_name(job: JobConfig) -> str:
-    if job.train.name:
-        return job.train.name
-    return f"{job.train.mode}-{job.train.target}" if job.train.target else job.train.mode
+    """The run's folder under storage_path (Ray Train resumes a folder that exists) and MLflow run name. A smoke
+    test gets its own, so it never resumes, nor is resumed by, the real job's run."""
+    name = job.train.name or (f"{job.train.mode}-{job.train.target}" if job.train.target else job.train.mode)
+    return f"{name}-smoke" if job.train.smoke_test and not job.train.name else name
 
 
 def _abs(path: str | None) -> str | None:
@@ -169,6 +184,7 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     name = name or run_name(job)
     if register and log_model and job.tracking.enabled:
         registry.check_job(job)  # hours of training must not end in a refused registration
+    check_resumable(job, name)
     run_id = _run_id(job, name, parent_run_id)
     try:
         result = build_trainer(job, name, run_id, callbacks).fit()
