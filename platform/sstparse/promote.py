@@ -54,15 +54,15 @@ class Comparison:
 
 
 def evaluate_version(model, data_root: str | Mapping[str, str], storage_options: dict | None = None,
-                     flip_tta: bool = False, limit: int | None = None) -> dict[str, float]:
+                     flip_tta: bool = False, limit: int | None = None, skip_bad: bool = False) -> dict[str, float]:
     """mIoU of a loaded pyfunc on the validation split of each of its heads (and their mean). ``data_root``: one
-    shard root, or domain -> root."""
+    shard root, or domain -> root. ``skip_bad``: leave undecodable records out (else they are an error)."""
     heads = model.metadata.metadata["heads"]
     out = {}
     for domain, (start, stop) in heads.items():
         root = data_root if isinstance(data_root, str) else data_root[domain]
         matrix = torch.zeros(stop - start, stop - start, dtype=torch.int64)
-        rows = list(samples(root, domain, "val", limit, storage_options))
+        rows = list(samples(root, domain, "val", limit, storage_options, skip_bad))
         if not rows:
             raise ValueError(f"{root}: no validation shards for domain {domain!r} (the model's head)")
         for image, label in tqdm(rows, desc=f"{domain}", leave=False, disable=None):
@@ -83,7 +83,7 @@ def best_registered(cfg: TrackingConfig, name: str, version: str) -> str | None:
 
 def promote(cfg: TrackingConfig, name: str, data_root: str | Mapping[str, str], margin: float = 0.0,
             flip_tta: bool = False, storage_options: dict | None = None, limit: int | None = None,
-            min_score: float | None = None) -> Comparison:
+            min_score: float | None = None, skip_bad: bool = False) -> Comparison:
     """Compare ``name@challenger`` with ``name@champion`` (or, with no champion, the best registered version of its
     layout) and move ``champion`` to the better one."""
     challenger = tracking.get_alias(cfg, name, CHALLENGER)
@@ -99,7 +99,7 @@ def promote(cfg: TrackingConfig, name: str, data_root: str | Mapping[str, str], 
     for v in dict.fromkeys([new] + ([rival] if rival else [])):
         model = tracking.load_pyfunc_model(f"models:/{name}/{v}", cfg.tracking_uri)
         layouts[v] = sorted(model.metadata.metadata["heads"])
-        result.scores[v] = evaluate_version(model, data_root, storage_options, flip_tta, limit)
+        result.scores[v] = evaluate_version(model, data_root, storage_options, flip_tta, limit, skip_bad)
     if rival and layouts[rival] != layouts[new]:
         raise ValueError(f"{name}: challenger v{new} serves {layouts[new]} but v{rival} serves {layouts[rival]}; "
                          "they cannot be compared")
@@ -129,14 +129,15 @@ def tag_versions(cfg: TrackingConfig, c: Comparison) -> None:
 
 
 def settle_new_version(cfg: TrackingConfig, name: str, version: str, data_root: str | Mapping[str, str],
-                       storage_options: dict | None = None, alias: str = CHALLENGER) -> Comparison | None:
+                       storage_options: dict | None = None, alias: str = CHALLENGER,
+                       skip_bad: bool = False) -> Comparison | None:
     """A newly registered version gets ``alias``; a name with no champion yet is promoted at once (the same
     comparison as ``sstparse promote``), so the first version of a name answers to ``@champion``. The promoted
     version then holds ``champion`` only."""
     tracking.set_alias(cfg, name, alias, version)
     if alias != CHALLENGER or tracking.get_alias(cfg, name, CHAMPION) is not None:
         return None
-    result = promote(cfg, name, data_root, storage_options=storage_options)
+    result = promote(cfg, name, data_root, storage_options=storage_options, skip_bad=skip_bad)
     if result.promoted:
         tracking.delete_alias(cfg, name, CHALLENGER)
     return result

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sstparse.data.shards import Sample, ShardWriter, build_manifest, encode_jpeg, encode_png, write_manifest
+from sstparse.domains import load_domains
+
 H, W = 24, 32
 
 # kind -> substring of the reason a correct conversion gives (None: the sample is valid and written)
@@ -208,3 +211,22 @@ def build_pascal_person_part(src: Path, kinds: dict[str, list[str]], pair_lists:
         else:
             _write_ids(src / "list" / f"{split}_id.txt", [i for i, _ in ids])
     return built
+
+
+def crafted_root(path, sizes: list[tuple[int, int]], bad: dict[int, str]) -> str:
+    """syn_ppp shards with given image sizes; rows in `bad` get an undecodable image or an out-of-range label."""
+    d = load_domains()["syn_ppp"]
+    rng = np.random.default_rng(0)
+    summaries = []
+    for split in ("train", "val"):
+        with ShardWriter(str(path), d, split, rows_per_part=4) as w:
+            for i, (h, wd) in enumerate(sizes):
+                lbl = rng.integers(0, d.num_classes, (h, wd)).astype(np.uint8)
+                img = rng.integers(0, 256, (h, wd, 3), dtype=np.uint8)
+                if bad.get(i) == "label":
+                    lbl[0, 0] = 40
+                image = b"\xff\xd8 not a jpeg" if bad.get(i) == "image" else encode_jpeg(img)
+                w.add(Sample(f"{split}-{i}", split, image, encode_png(lbl), h, wd, f"crafted/{i}", lbl))
+        summaries.append(w.summary)
+    write_manifest(str(path), build_manifest(d, summaries, [], {"tool": "test"}))
+    return str(path)

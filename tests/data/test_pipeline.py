@@ -15,8 +15,8 @@ from sstparse.config import ConfigError, validate
 from sstparse.data.config import DataConfig
 from sstparse.data.generate import generate
 from sstparse.data.pipeline import DataStream, bad_records, epoch_counts, iter_train_batches, iter_val_batches
-from sstparse.data.shards import Sample, ShardWriter, build_manifest, encode_jpeg, encode_png, write_manifest
 from sstparse.domains import load_domains
+from tests.data.fixtures import crafted_root
 
 DOMAINS = load_domains()
 NAMES = ["syn_lip", "syn_atr", "syn_ppp", "syn_cihp"]
@@ -176,25 +176,6 @@ def test_two_train_workers_get_disjoint_complete_shards(ray_session, root, tmp_p
     assert epochs[0] != epochs[1]                         # Train's second pass is the next epoch's plan
 
 
-def _crafted_root(path, sizes: list[tuple[int, int]], bad: dict[int, str]) -> str:
-    """syn_ppp shards with given image sizes; rows in `bad` get an undecodable image or an out-of-range label."""
-    d = DOMAINS["syn_ppp"]
-    rng = np.random.default_rng(0)
-    summaries = []
-    for split in ("train", "val"):
-        with ShardWriter(str(path), d, split, rows_per_part=4) as w:
-            for i, (h, wd) in enumerate(sizes):
-                lbl = rng.integers(0, d.num_classes, (h, wd)).astype(np.uint8)
-                img = rng.integers(0, 256, (h, wd, 3), dtype=np.uint8)
-                if bad.get(i) == "label":
-                    lbl[0, 0] = 40
-                image = b"\xff\xd8 not a jpeg" if bad.get(i) == "image" else encode_jpeg(img)
-                w.add(Sample(f"{split}-{i}", split, image, encode_png(lbl), h, wd, f"crafted/{i}", lbl))
-        summaries.append(w.summary)
-    write_manifest(str(path), build_manifest(d, summaries, [], {"tool": "test"}))
-    return str(path)
-
-
 @pytest.mark.ray
 def test_validation_keeps_original_sizes(ray_session, root, tmp_path):
     cfg = cfg_for(root, {"syn_lip": 1, "syn_ppp": 0})
@@ -220,7 +201,7 @@ def test_validation_keeps_original_sizes(ray_session, root, tmp_path):
     assert first["image"].shape == (1, 3, 224, 224) and first["label"].shape == (1, 224, 224)
     assert first["image"].dtype == torch.float32 and first["label"].dtype == torch.int64
     sizes = [(20, 30), (33, 17), (20, 30), (41, 41), (25, 26)]   # a real dataset's sizes vary within a domain
-    ragged = _crafted_root(tmp_path, sizes, {})
+    ragged = crafted_root(tmp_path, sizes, {})
     got = {s: tuple(lb.shape) for b in iter_val_batches(
         DataStream(cfg_for(ragged, {"syn_ppp": 1}), DOMAINS, with_ids=True).val_datasets()["syn_ppp"], batch_size=2)
         for s, lb in zip(b["sample_id"], b["label"])}
@@ -229,9 +210,10 @@ def test_validation_keeps_original_sizes(ray_session, root, tmp_path):
 
 @pytest.mark.ray
 def test_bad_record_error_names_the_record(ray_session, tmp_path):
-    bad_root = _crafted_root(tmp_path, [(24, 32)] * 6, {2: "image"})
+    bad_root = crafted_root(tmp_path, [(24, 32)] * 6, {2: "image"})
     cfg = cfg_for(bad_root, {"syn_ppp": 1})
-    with pytest.raises(Exception, match=r"bad record .*syn_ppp/train/part-00000\.parquet#row=2: undecodable image"):
+    with pytest.raises(Exception, match=r"bad record in domain syn_ppp \(sample train-2\).*"
+                                        r"Record: \S*syn_ppp/train/part-00000\.parquet#row=2: undecodable image"):
         one_epoch(DataStream(cfg, DOMAINS).train_dataset(), cfg)
     # A part whose bytes changed after the manifest was written is not a record: always an error, naming the file,
     # before any of its rows is decoded -- even when skipping bad records. So is a part that cannot be read.
@@ -250,7 +232,7 @@ def test_bad_record_error_names_the_record(ray_session, tmp_path):
 
 @pytest.mark.ray
 def test_bad_records_skipped_counted_and_reported(ray_session, tmp_path):
-    bad_root = _crafted_root(tmp_path, [(24, 32)] * 10, {2: "image", 7: "label"})
+    bad_root = crafted_root(tmp_path, [(24, 32)] * 10, {2: "image", 7: "label"})
     cfg = cfg_for(bad_root, {"syn_ppp": 1}, on_bad_record="skip")
     stream = DataStream(cfg, DOMAINS, with_ids=True)
     seen = [s for b in one_epoch(stream.train_dataset(), cfg) for s in b["sample_id"]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +16,10 @@ from sstparse.config import TrackingConfig
 from sstparse.data.preview import samples
 from sstparse.domains import load_domains
 from sstparse.train import checkpoints
+from sstparse.train.job import format_result
+from sstparse.train.loop import poly_lambda
 from sstparse.train.trainer import fit, recorded_run
+from tests.data.fixtures import crafted_root
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
@@ -88,12 +93,24 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path,
     assert labels.shape == (40, 52) and labels.dtype == np.uint8 and labels.max() < 18
 
 
-def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shards, tmp_path):
+def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shards, tmp_path, capfd):
     job = tiny_job(tiny_shards, tmp_path, train={"name": "crashy", "max_failures": 1,
                                                  "fault_injection": {"epoch": 1, "rank": 1, "after_steps": 1}},
                    tracking={"register_as": "sst-test-crash"})
     result = fit(job)
     assert result.last["epoch"] == 2
+    # The crash fired and the restarted group restored epoch 1's checkpoint (the workers' lines reach this driver
+    # through Ray's log monitor, a moment after the fit returns).
+    seen, deadline = "", time.monotonic() + 30
+    while "[restore] resuming after epoch 1" not in seen and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen += capfd.readouterr().out
+    assert "[fault injection] rank 1 exits in epoch 1 after 1 steps" in seen
+    assert "[restore] resuming after epoch 1" in seen
+    # ...with its optimiser and schedule: the run ends on the schedule's last step (2 steps an epoch here), as an
+    # uninterrupted run does; a schedule restarted from 0 would end 2 steps in, at 1000x this rate.
+    steps = result.last["train/steps"] * job.train.epochs
+    assert result.last["lr"] == pytest.approx(job.optim.lr * poly_lambda(job.optim, steps)(steps))
     runs = _runs(job, "crashy")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [s for s, _ in _history(job, result.run_id, "val/mean_miou")] == [1, 2]
@@ -113,3 +130,30 @@ def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, t
     assert [x.shape for x in labels] == [(40, 52)] * 2 and max(int(x.max()) for x in labels) < 7
     info = mlflow.models.get_model_info("models:/sst-syn_ppp/1")
     assert info.metadata["heads"] == {"syn_ppp": [0, 7]}
+
+
+def test_bad_records_are_counted_and_listed_or_fail_the_run(ray_session, tmp_path):
+    """on_bad_record: skip -> the run finishes and the skipped records reach MLflow (a count and the list) and the
+    job's last message; error -> the run ends FAILED and nothing is registered."""
+    root = crafted_root(tmp_path / "shards", [(40, 48)] * 6, {2: "image"})  # row 2 of train and of val
+    job = tiny_job(root, tmp_path, data={"domain_mix": {"syn_ppp": 1.0}, "on_bad_record": "skip", "epoch_size": 8},
+                   train={"mode": "single", "target": "syn_ppp", "epochs": 1, "num_workers": 1, "name": "skippy"},
+                   tracking={"register_as": "sst-test-skip"})
+    result = fit(job)
+    assert result.skipped_records == 2 and result.registered_version == "1"
+    assert "skipped 2 bad record(s)" in format_result(result)
+    assert _history(job, result.run_id, "data/skipped_records") == [(1, 2.0)]
+    listed = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="data/skipped_records.csv",
+                                                      dst_path=str(tmp_path), tracking_uri=job.tracking.tracking_uri))
+    rows = list(csv.DictReader(listed.open()))
+    assert {r["source"].split("/syn_ppp/")[1] for r in rows} == {"train/part-00000.parquet#row=2",
+                                                                "val/part-00000.parquet#row=2"}
+    assert all("undecodable image" in r["reason"] for r in rows)
+
+    strict = job.model_copy(update={"data": job.data.model_copy(update={"on_bad_record": "error"}),
+                                    "train": job.train.model_copy(update={"name": "strict"}),
+                                    "tracking": job.tracking.model_copy(update={"register_as": "sst-test-strict"})})
+    with pytest.raises(Exception, match=r"Record: \S*/syn_ppp/train/part-00000\.parquet#row=2: undecodable image"):
+        fit(strict)
+    assert [r.info.status for r in _runs(strict, "strict")] == ["FAILED"]
+    assert tracking.model_versions(strict.tracking, "sst-test-strict") == {}

@@ -90,3 +90,28 @@ def test_overrides_reach_the_sweep_and_the_job():
     assert load_sweep(path, ["space.lambda_kd.fixed=0.5"])[0].space.lambda_kd.fixed == 0.5  # universal KD
     with pytest.raises(ConfigError, match="val_every"):
         load_sweep(path, ["job.train.val_every=2"])
+
+
+@pytest.mark.parametrize("mode,objective", [("universal", "val/mean_miou"), ("dedicated", "val/syn_ppp/miou")])
+def test_tuner_wiring_ranks_by_the_jobs_objective(tmp_path, mode, objective):
+    """ASHA stops on epochs up to the job's epochs, Optuna sits behind the concurrency limit, and both rank trials
+    by the job's objective: the mean mIoU, or the target's in dedicated mode."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sstparse.tune.sweep import tune_config
+
+    job = tiny_job("/shards", tmp_path, train={"mode": mode, "target": "syn_ppp" if mode == "dedicated" else None,
+                                               "epochs": 5})
+    sweep = SweepConfig.model_validate({"job": "x.yaml", "space": {"lr": {"low": 1e-3, "high": 1e-2}},
+                                        "search": {"num_samples": 6, "max_concurrent": 3},
+                                        "scheduler": {"grace_period": 2, "reduction_factor": 3}})
+    cfg = tune_config(sweep, job)
+    assert (cfg.metric, cfg.mode, cfg.num_samples) == (objective, "max", 6)
+    assert isinstance(cfg.search_alg, ConcurrencyLimiter) and cfg.search_alg.max_concurrent == 3
+    assert isinstance(cfg.search_alg.searcher, OptunaSearch)
+    asha = cfg.scheduler
+    assert isinstance(asha, ASHAScheduler) and (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 5, 3)
+    none = sweep.model_copy(update={"scheduler": sweep.scheduler.model_copy(update={"kind": "none"})})
+    assert type(tune_config(none, job).scheduler) is FIFOScheduler

@@ -263,8 +263,8 @@ BAD_RECORD_LOG = "sstparse_bad_records"
 class BadRecordLog:
     """Collects the records skipped under ``on_bad_record: skip``, from every task of every stream of this Ray job.
 
-    A named actor (``BAD_RECORD_LOG``), so any process of the job can read the report -- e.g. the trainer's
-    driver, which builds its Datasets through build_train_dataset and holds no DataStream."""
+    A named actor (``BAD_RECORD_LOG:<stream id>``), so any process of the job can read the report
+    (:func:`bad_records`); the trainer's driver asks its own stream (:meth:`DataStream.bad_records`)."""
 
     def __init__(self):
         self._records: list[dict] = []
@@ -291,8 +291,9 @@ def bad_records() -> list[dict]:
 
 def _bad(err: BadRecord, batch: dict, i: int, info: aug.DomainInfo, on_bad: str) -> dict:
     if on_bad == "error":
-        raise BadRecordError(f"bad record {err} [domain {info.name}, sample {batch['sample_id'][i]}]; "
-                             f"set on_bad_record: skip to drop, count and report such records instead")
+        # The record and what is wrong with it come last: Ray Train shortens a worker's error to its head and tail.
+        raise BadRecordError(f"bad record in domain {info.name} (sample {batch['sample_id'][i]}); set "
+                             f"on_bad_record: skip to drop, count and report such records instead. Record: {err}")
     log.warning("skipping bad record %s", err)
     return {"epoch": int(batch["epoch"][i]), "domain": info.name, "sample_id": str(batch["sample_id"][i]),
             "source": err.source, "reason": err.reason}
@@ -466,19 +467,6 @@ def set_verbose(verbose: bool) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = verbose
     ctx.enable_progress_bars = verbose
-
-
-def build_train_dataset(cfg: DataConfig, domains: Domains, start_epoch: int = 0) -> Dataset:
-    return DataStream(cfg, domains, start_epoch).train_dataset()
-
-
-def build_val_dataset(cfg: DataConfig, domains: Domains) -> Dataset:
-    return DataStream(cfg, domains).val_dataset()
-
-
-def epoch_size(cfg: DataConfig, domains: Domains) -> int:
-    """Samples per training epoch (all workers together); reads the manifests only, no Ray needed."""
-    return DataStream(cfg, domains).epoch_size
 
 
 def _as_mapping(domains: Domains) -> Mapping[str, LabelDomain]:

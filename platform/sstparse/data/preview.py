@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from sstparse.data.shards import decode_image, decode_label, filesystem, part_paths
+from sstparse.data.shards import BadRecord, decode_image, decode_label, filesystem, part_paths
 from sstparse.domains import LabelDomain
 
 
@@ -24,13 +24,18 @@ def first_rows(root: str, domain: str, split: str, n: int, storage_options: dict
     return rows
 
 
-def samples(root: str, domain: str, split: str, n: int | None = None, storage_options: dict | None = None
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def samples(root: str, domain: str, split: str, n: int | None = None, storage_options: dict | None = None,
+            skip_bad: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(H x W x 3 uint8 image, H x W uint8 label) for the first ``n`` rows of a split (all of them when None),
-    decoded as the stream decodes them; a bad record is a BadRecord naming the part."""
+    decoded as the stream decodes them; a bad record is a BadRecord naming the part, or left out with
+    ``skip_bad`` (the job's ``on_bad_record: skip``, whose stream counts and reports it)."""
     for i, r in enumerate(first_rows(root, domain, split, n if n is not None else 2**62, storage_options)):
         source = f"{root}/{domain}/{split} row {i}"
-        yield decode_image(r["image"], source)[0], decode_label(r["label"], source)
+        try:
+            yield decode_image(r["image"], source)[0], decode_label(r["label"], source)
+        except BadRecord:
+            if not skip_bad:
+                raise
 
 
 def tile(img: np.ndarray, height: int) -> Image.Image:

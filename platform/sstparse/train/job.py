@@ -69,4 +69,7 @@ def format_result(result: FitResult) -> str:
     if result.registered_version:
         lines.append(f"registered {result.job.registered_name} version {result.registered_version} "
                      f"(MLflow run {result.run_id})")
+    if result.skipped_records:
+        lines.append(f"skipped {result.skipped_records} bad record(s) (on_bad_record: skip; listed in the run's "
+                     f"data/skipped_records.csv)")
     return "\n".join(lines)

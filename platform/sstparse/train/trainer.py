@@ -8,6 +8,7 @@ with the same name, appends to that run instead of opening a second one.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import posixpath
@@ -45,6 +46,7 @@ class FitResult:
     checkpoint_path: str           # where the best checkpoint lives (local path or bucket path)
     run_id: str | None             # MLflow run
     registered_version: str | None
+    skipped_records: int = 0       # distinct records dropped under on_bad_record: skip (listed in the run)
 
 
 def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
@@ -118,18 +120,19 @@ def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
                         tags={"mode": job.train.mode, "target": job.train.target or ""})
 
 
-def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list | None = None,
+                  stream: pipeline.DataStream | None = None) -> TorchTrainer:
     domains = [load_domains()[n] for n in job.domain_names]
     data = job.training_data()
+    stream = stream or pipeline.DataStream(data, domains)
     pipeline.set_verbose(job.train.verbose)
     if not job.train.verbose:
         # Ray Train sends a worker's print() to stdout and to its logger, which prints it again; without the patch
         # each progress line appears once. Ray propagates this variable from the driver to the workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    datasets = {"train": pipeline.build_train_dataset(data, domains),
-                "val": pipeline.build_val_dataset(data, domains)}
+    datasets = {"train": stream.train_dataset(), "val": stream.val_dataset()}
     world = job.train.num_workers
-    steps = max(1, pipeline.epoch_size(data, domains) // (world * data.batch_size))
+    steps = max(1, stream.epoch_size // (world * data.batch_size))
     fs, path = storage(job)
     resources = {"CPU": job.train.cpus_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}
     return TorchTrainer(
@@ -186,19 +189,46 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
         registry.check_job(job)  # hours of training must not end in a refused registration
     check_resumable(job, name)
     run_id = _run_id(job, name, parent_run_id)
+    stream = pipeline.DataStream(job.training_data(), [load_domains()[n] for n in job.domain_names])
     try:
-        result = build_trainer(job, name, run_id, callbacks).fit()
+        result = build_trainer(job, name, run_id, callbacks, stream).fit()
         if result.error is not None:  # failures beyond max_failures: do not register a half-trained model
             raise result.error
     except Exception:
         if run_id:
             tracking.end_run(job.tracking, run_id, "FAILED")
         raise
+    skipped = stream.bad_records()
+    if skipped:
+        report_skipped(job, run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
     best = _best_checkpoint(result, job.objective)
     with best.as_directory() as d:
         version = finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path) if log_model else None
         meta = checkpoints.read_meta(Path(d))
-    return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version)
+    return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version,
+                     len({r["source"] for r in skipped}))
+
+
+SKIPPED_FILE = "skipped_records.csv"
+
+
+def report_skipped(job: JobConfig, run_id: str | None, records: list[dict], epoch: int) -> None:
+    """Records dropped under ``on_bad_record: skip`` are counted and listed, never lost: the run gets the count
+    (``data/skipped_records``, distinct records) and every occurrence (epoch, domain, sample, source, reason) as
+    ``data/skipped_records.csv``; the console says so."""
+    distinct = len({r["source"] for r in records})
+    print(f"[data] skipped {distinct} bad record(s), {len(records)} time(s) over the epochs (on_bad_record: skip)"
+          + (f"; listed in the MLflow run's data/{SKIPPED_FILE}" if run_id else ""), flush=True)
+    if not run_id:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SKIPPED_FILE
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["stream", "epoch", "domain", "sample_id", "source", "reason"])
+            writer.writeheader()
+            writer.writerows(records)
+        tracking.log_artifacts(job.tracking, run_id, [path], "data")
+    tracking.log_metrics(job.tracking, run_id, {"data/skipped_records": distinct}, step=epoch)
 
 
 def _best_checkpoint(result, objective: str):
@@ -232,7 +262,8 @@ def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, ali
         card = registry.version_card(job, layout, meta, run_id, source or str(ckpt), name)
         registry.describe(job.tracking, name, version, card, layout)
         decision = settle_new_version(job.tracking, name, version, {d: job.data.root_of(d) for d in layout},
-                                      job.data.storage_options, alias or CHALLENGER)
+                                      job.data.storage_options, alias or CHALLENGER,
+                                      skip_bad=job.data.on_bad_record == "skip")
         if decision:
             print(decision.summary(), flush=True)
     tracking.end_run(job.tracking, run_id)
@@ -261,7 +292,8 @@ def artifact_pictures(job: JobConfig, model, evals, out: Path) -> list[Path]:
 def prediction_overlays(job: JobConfig, model, domain, path: Path, n: int = 4) -> Path:
     """Image | ground truth | prediction for the first validation images of a domain."""
     rows = []
-    for image, label in samples(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options):
+    for image, label in samples(job.data.root_of(domain.name), domain.name, "val", n, job.data.storage_options,
+                                skip_bad=job.data.on_bad_record == "skip"):
         x = torch.from_numpy(normalize(image))[None]
         pred = model.parser(x, domain.name).argmax(1)[0].numpy().astype(np.uint8)
         rows.append((image, label, pred))

@@ -130,18 +130,23 @@ def build_tuner(sweep: SweepConfig, job: JobConfig, parent_run_id: str | None,
         print(f"[sweep] restoring {experiment}", flush=True)
         return ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=fs)
+    return ray.tune.Tuner(
+        trainable, param_space=param_space(sweep, job), tune_config=tune_config(sweep, job),
+        run_config=ray.tune.RunConfig(name=sweep.name, storage_path=path, storage_filesystem=fs,
+                                      callbacks=callbacks))
+
+
+def tune_config(sweep: SweepConfig, job: JobConfig) -> ray.tune.TuneConfig:
+    """Optuna TPE behind the concurrency limit, ASHA (or FIFO) on epochs, both on the job's objective (the mean mIoU
+    in universal mode, the target's mIoU otherwise)."""
     sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, n_startup_trials=sweep.search.n_startup_trials)
     searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=sweep.search.max_concurrent)
     scheduler = FIFOScheduler()
     if sweep.scheduler.kind == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=sweep.scheduler.grace_period,
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    return ray.tune.Tuner(
-        trainable, param_space=param_space(sweep, job),
-        tune_config=ray.tune.TuneConfig(metric=job.objective, mode="max", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=sweep.search.num_samples),
-        run_config=ray.tune.RunConfig(name=sweep.name, storage_path=path, storage_filesystem=fs,
-                                      callbacks=callbacks))
+    return ray.tune.TuneConfig(metric=job.objective, mode="max", search_alg=searcher, scheduler=scheduler,
+                               num_samples=sweep.search.num_samples)
 
 
 def run_sweep(sweep: SweepConfig, job: JobConfig, callbacks: list | None = None,
