@@ -188,8 +188,9 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     if register and log_model and job.tracking.enabled:
         registry.check_job(job)  # hours of training must not end in a refused registration
     check_resumable(job, name)
-    run_id = _run_id(job, name, parent_run_id)
+    # Reads every manifest: a missing or wrong data root fails here, before an MLflow run is opened.
     stream = pipeline.DataStream(job.training_data(), [load_domains()[n] for n in job.domain_names])
+    run_id = _run_id(job, name, parent_run_id)
     try:
         result = build_trainer(job, name, run_id, callbacks, stream).fit()
         if result.error is not None:  # failures beyond max_failures: do not register a half-trained model
