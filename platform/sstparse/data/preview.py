@@ -32,10 +32,12 @@ def samples(root: str, domain: str, split: str, n: int | None = None, storage_op
     for i, r in enumerate(first_rows(root, domain, split, n if n is not None else 2**62, storage_options)):
         source = f"{root}/{domain}/{split} row {i}"
         try:
-            yield decode_image(r["image"], source)[0], decode_label(r["label"], source)
+            pair = decode_image(r["image"], source)[0], decode_label(r["label"], source)
         except BadRecord:
             if not skip_bad:
                 raise
+            continue
+        yield pair
 
 
 def tile(img: np.ndarray, height: int) -> Image.Image:

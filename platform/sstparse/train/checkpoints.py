@@ -31,7 +31,8 @@ STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
 
 
 class CheckpointError(ValueError):
-    """A folder is not a training checkpoint (its meta.json or state.pt is missing); the message names it."""
+    """A checkpoint cannot be used: a folder that is not one (meta.json or state.pt missing), a run none of whose
+    checkpoints can be read, or a resume by a job with another network. The message names the folder."""
 
 
 def build_model(job: JobConfig, domains: list[LabelDomain] | None = None) -> SSTModel:
