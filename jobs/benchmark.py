@@ -74,14 +74,24 @@ def run_arms(args, base, parent: str | None) -> None:
         for arm in args.arms:
             path = folder / f"{args.protocol}-{arm}-s{seed}.json"
             if path.exists():
+                check_stored(path, bench.ArmRun.load(path), base)
                 print(f"[benchmark] {path.name}: stored, skipped", flush=True)
                 continue
             run = bench.run_arm(base, arm, seed, args.protocol, parent, latency_runs=1 if args.smoke_test else 5,
                                 score_limit=4 if args.smoke_test else None,
                                 single_domains=bench.SMOKE_SINGLE_DOMAINS if args.smoke_test else bench.DOMAINS)
+            run.base = bench.base_settings(base)
             run.save(folder)
             print(f"[benchmark] {run.key} ({run.minutes:.1f} min): " + ", ".join(
                 f"{d} {100 * v:.1f}" for d, v in run.miou.items()), flush=True)
+
+
+def check_stored(path: Path, run, base) -> None:
+    """A stored result is reused, or reported beside this job's, only if it came from the same base job."""
+    wrong = bench.base_mismatch(run, base)
+    if wrong:
+        raise SystemExit(f"{path}: stored by a different base job ({'; '.join(wrong)}); give this job its own "
+                         "--out folder (and train.name) or move the stored result away")
 
 
 def step_times(args, base) -> dict[str, tuple[float, float]]:
@@ -107,6 +117,8 @@ def main(argv: list[str] | None = None) -> str:
                                     tags={"benchmark": "sst"}) if base.tracking.enabled else None
         run_arms(args, base, parent)
     runs = [bench.ArmRun.load(p) for p in sorted((out / "runs").glob("*.json"))]
+    for path, run in zip(sorted((out / "runs").glob("*.json")), runs):
+        check_stored(path, run, base)
     first_c = min((r for r in runs if r.arm == "C" and r.protocol == "passes"), key=lambda r: r.seed, default=None)
     pairs = bench.association_recovery(base, Path(first_c.checkpoints["C"]))[1] if first_c else None
     command = shlex.join(["python", "jobs/benchmark.py", *(sys.argv[1:] if argv is None else argv)])

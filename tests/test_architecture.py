@@ -22,6 +22,7 @@ LAYERS = [
     ("job schemas and checkpoints", ["sstparse.train.config", "sstparse.tune.config", "sstparse.train.checkpoints"]),
     ("serving and registry", ["sstparse.export", "sstparse.pyfunc", "sstparse.predict", "sstparse.registry",
                               "sstparse.promote"]),
+    ("inference at scale", ["sstparse.batch_predict", "sstparse.serve"]),
     ("training and sweeps", ["sstparse.train", "sstparse.tune"]),
     ("command line", ["sstparse.cli"]),
 ]

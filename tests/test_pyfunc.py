@@ -3,6 +3,7 @@ every accepted input form, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -90,6 +91,22 @@ def test_single_array_and_stacked_batch(model):
     assert one.shape == (48, 48) and all(np.array_equal(one, x) for x in two)
 
 
+def test_table_and_scoring_server_input_forms(model, tmp_path):
+    """What `mlflow models serve` hands predict for the README's payloads: a 1-d array of paths, a DataFrame of
+    base64 image files, a dict of columns."""
+    ims = images(6, [(48, 48), (40, 56)])
+    paths, encoded = [], []
+    for i, im in enumerate(ims):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(im).save(paths[-1])
+        encoded.append(base64.b64encode(open(paths[-1], "rb").read()).decode())
+    want = model.predict(ims, params={"domain": "syn_ppp"})
+    for given in (np.asarray(paths), pd.DataFrame({"image_b64": encoded}), {"path": np.asarray(paths)},
+                  pd.DataFrame({"path": paths})):
+        got = model.predict(given, params={"domain": "syn_ppp"})
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 2, type(given)
+
+
 def test_signature_declares_the_params(served, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", served.cfg.tracking_uri)  # MLflow's own lookups read the store here
     sig = mlflow.models.get_model_info(f"models:/{served.name}/1").signature
@@ -104,7 +121,9 @@ def test_signature_declares_the_params(served, monkeypatch):
     ([np.zeros((64, 64, 3), np.uint8)], {"domain": "lip"}, r"unknown domain 'lip'.*\['syn_lip', 'syn_ppp'\]"),
     ([np.zeros((64, 64, 3), np.uint8)], {}, r"'domain' is required.*\['syn_lip', 'syn_ppp'\]"),
     (["/no/such/image.png"], {"domain": "syn_ppp"}, r"/no/such/image.png: cannot read image"),
-    (pd.DataFrame({"a": ["x"], "b": ["y"]}), {"domain": "syn_ppp"}, r"needs a 'path' column"),
+    (pd.DataFrame({"a": ["x"], "b": ["y"]}), {"domain": "syn_ppp"}, r"needs a 'path' or 'image_b64' column"),
+    (pd.DataFrame({"image_b64": ["not base64!"]}), {"domain": "syn_ppp"}, r"image_b64 0: not base64"),
+    (pd.DataFrame({"image_b64": ["aGVsbG8="]}), {"domain": "syn_ppp"}, r"image_b64 0: cannot read image"),
     (7, {"domain": "syn_ppp"}, r"expected a list of HxWx3 uint8 arrays or image paths, got int"),
     ([], {"domain": "syn_ppp"}, r"no images given"),
 ])

@@ -55,6 +55,8 @@ SKIPPED = {  # README command prefix -> why it does not run here
                                                     "tests/cluster/test_s3_e2e.py)",
     "ray job list": COVERED_BY_CLUSTER,
     "ray job submit --address http://127.0.0.1:8265 -- python /app/": "needs the container image on Kubernetes",
+    "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/predict.py":
+        "needs a cluster; tests/train/test_job_submit.py submits jobs/predict.py to a real `ray start` head",
     "docker ": "needs docker and a registry; tests/cluster/test_security.py checks the Dockerfile",
     "kubectl ": "needs Kubernetes; tests/cluster/test_manifests.py validates the manifests",
 }
@@ -75,6 +77,16 @@ LOCAL = {  # README command -> the command run here ({...}: this run's values)
         "sstparse synth --out synth_full --domain syn_ppp --scale 0.01 --preview demo_out/preview.png",
     "sstparse convert --dataset lip --src /data/LIP --out s3://bucket/shards [--on-bad-record skip]":
         "sstparse convert --dataset lip --src LIP --out s3://{bucket}/readme/lip --on-bad-record skip",
+    # half-CPU actors and replicas: the session cluster has 4 CPUs
+    "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip photos/ --out preds_ray/ "
+    "--concurrency 2 --batch-size 8": "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip "
+                                      "photos/ --out preds_ray/ --concurrency 2 --batch-size 8 --num-cpus-per-actor 0.5",
+    "python jobs/benchmark_predict.py": "python jobs/benchmark_predict.py --images 4 --actors 1 --out bench_predict",
+    # deployed onto the session cluster instead of blocking
+    "serve run sstparse.serve:app model_uri=models:/sst-universal@champion":
+        "serve run --non-blocking sstparse.serve:app model_uri=models:/sst-universal@champion num_cpus=0.5",
+    "python jobs/benchmark_serve.py": "python jobs/benchmark_serve.py --clients 2 --requests 2 --images 2 "
+                                      "--out bench_serve",
 }
 EXPECT = {  # README command -> what must exist in the scratch folder after it
     "make demo": ["demo_out/report.md", "mlruns.db"],
@@ -83,6 +95,10 @@ EXPECT = {  # README command -> what must exist in the scratch folder after it
         ["exported/universal.onnx"],
     "sstparse predict --model models:/sst-universal@champion --domain syn_lip photos/ --out preds/":
         ["preds/p0.png", "preds/p1.png"],
+    "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip photos/ --out preds_ray/ "
+    "--concurrency 2 --batch-size 8": ["preds_ray/p0_overlay.jpg", "preds_ray/p1.png", "preds_ray/skipped.csv"],
+    'curl -sf -X POST --data-binary @photos/p0.jpg "http://127.0.0.1:8000/?domain=syn_lip&flip_tta=true" -o '
+    'p0_label.png': ["p0_label.png"],
 }
 # The README's Python example names an image array and a file it leaves to the reader.
 PYTHON_BEFORE = ("import numpy as np\nfrom PIL import Image\n"
@@ -157,7 +173,8 @@ def walk(ray_session, s3_server, tiny_shards, tmp_path_factory):
     # tests, also writes it to os.environ, and a registry URI outranks the tracking URI for models:/ lookups).
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI="sqlite:///mlruns.db", RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+               MLFLOW_TRACKING_URI="sqlite:///mlruns.db", RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+               RAY_DASHBOARD_ADDRESS=f"http://{ray._private.worker.get_dashboard_url()}")  # `serve shutdown`
     return {"work": work, "env": env, "bucket": s3_server.bucket}
 
 

@@ -120,15 +120,31 @@ _VERBOSE_HELP = ("Ray's own lines in the console too (each rank's reports, Ray D
               help="MLflow model URI: models:/sst-universal@champion, models:/name/3, runs:/<id>/model, a folder.")
 @click.option("--domain", default=None, help="Which head (label set) to predict; required if the model has several.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", required=True, help="Output folder or s3:// prefix.")
 @click.option("--flip-tta", is_flag=True, help="Average with the mirrored image (left/right classes swapped).")
 @click.option("--keep-going", is_flag=True,
-              help="Skip undecodable images, list them at the end and exit 0 (default: stop at the first one).")
+              help="Skip undecodable images, list them at the end and exit 0 (default: stop at the first one; "
+                   "--ray always skips and lists them in <out>/skipped.csv).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
-def predict(model_uri, domain, inputs, out, flip_tta, keep_going, batch_size, tracking_uri):
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run on Ray Data (the cluster of `ray job submit` or `ray start`, else a local instance): an "
+                   "actor pool, resumable, bad images skipped and listed.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
+              help="--ray: actors in the pool; each loads the model once.")
+@click.option("--num-gpus-per-actor", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="--ray: GPUs per actor (1 for one GPU each; a fraction packs several actors on one GPU).")
+@click.option("--num-cpus-per-actor", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="--ray: CPUs per actor (decoding and encoding run in the actor's threads).")
+@click.option("--overwrite", is_flag=True,
+              help="--ray: redo images whose outputs exist (default: keep them, so a re-run resumes).")
+def predict(model_uri, domain, inputs, out, flip_tta, keep_going, batch_size, tracking_uri, on_ray, concurrency,
+            num_gpus_per_actor, num_cpus_per_actor, overwrite):
     """Parse INPUTS (image files, folders, s3:// prefixes); write <name>.png (class indices), <name>_color.png and
     <name>_overlay.jpg under --out."""
+    if on_ray:
+        return _predict_on_ray(model_uri, domain, inputs, out, flip_tta, batch_size, tracking_uri, concurrency,
+                               num_gpus_per_actor, num_cpus_per_actor, overwrite)
     from sstparse.predict import predict as run_predict
 
     try:
@@ -141,6 +157,19 @@ def predict(model_uri, domain, inputs, out, flip_tta, keep_going, batch_size, tr
         click.echo(f"skipped {len(result.skipped)} image(s):")
         for source, reason in result.skipped:
             click.echo(f"  {source}: {reason}")
+
+
+def _predict_on_ray(model_uri, domain, inputs, out, flip_tta, batch_size, tracking_uri, concurrency,
+                    num_gpus_per_actor, num_cpus_per_actor, overwrite):
+    from sstparse.batch_predict import predict_ray
+
+    try:
+        result = predict_ray(model_uri, inputs, out, domain=domain, flip_tta=flip_tta, batch_size=batch_size,
+                             concurrency=concurrency, num_gpus_per_actor=num_gpus_per_actor,
+                             num_cpus_per_actor=num_cpus_per_actor, overwrite=overwrite, tracking_uri=tracking_uri)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(result.summary())
 
 
 @main.command()

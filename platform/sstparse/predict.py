@@ -2,8 +2,9 @@
 
 Per image ``<name>`` it writes ``<name>.png`` (the label map: one class index per pixel, a single-channel PNG),
 ``<name>_color.png`` (the label map in the domain's colours) and ``<name>_overlay.jpg`` (those colours blended
-over the image). A folder or prefix keeps its sub-folders under ``--out``, so equal file names in different
-folders do not collide; two inputs that would write the same files are an error.
+over the image) under ``--out`` (a folder or an s3:// prefix). A folder or prefix keeps its sub-folders under
+``--out``, so equal file names in different folders do not collide; two inputs that would write the same files are
+an error. :mod:`sstparse.batch_predict` runs the same steps on Ray Data and writes the same bytes.
 
 The model is loaded through MLflow's pyfunc (:mod:`sstparse.pyfunc`), so this is exactly what a user of
 ``mlflow.pyfunc.load_model`` gets. An image that cannot be decoded stops the run with an error naming the file, or
@@ -12,12 +13,15 @@ with ``keep_going`` is skipped and listed in the result (the command exits 0 and
 
 from __future__ import annotations
 
+import io
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -91,12 +95,49 @@ def read(item: Input, min_size: int) -> np.ndarray:
     return image
 
 
-def write_outputs(out: Path, name: str, image: np.ndarray, label: np.ndarray, head: Any) -> None:
-    base = out / name
-    base.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(label).save(f"{base}.png")
-    Image.fromarray(head.palette[label]).save(f"{base}_color.png")
-    Image.fromarray(overlay(image, label, head)).save(f"{base}_overlay.jpg", quality=90)
+OUTPUT_SUFFIXES = (".png", "_color.png", "_overlay.jpg")  # label map, colours, overlay; the label map last
+
+
+def encode_outputs(image: np.ndarray, label: np.ndarray, head: Any) -> dict[str, bytes]:
+    """The three output files of one image, encoded (suffix -> bytes); every path writes exactly these bytes."""
+    files = {}
+    for suffix, picture, kwargs in (("_color.png", head.palette[label], {}),
+                                    ("_overlay.jpg", overlay(image, label, head), {"quality": 90}),
+                                    (".png", label, {})):
+        buf = io.BytesIO()
+        Image.fromarray(picture).save(buf, format="JPEG" if suffix.endswith(".jpg") else "PNG", **kwargs)
+        files[suffix] = buf.getvalue()
+    return files
+
+
+def write_outputs(fs: fsspec.AbstractFileSystem, out: str, name: str, image: np.ndarray, label: np.ndarray,
+                  head: Any) -> None:
+    """Write one image's outputs under ``out`` (a path inside ``fs``). Each file appears whole or not at all
+    (a local file is written beside and renamed; an S3 object appears when its upload completes), so a killed
+    run leaves no half-written output for a resumed one to mistake for done."""
+    base = posixpath.join(out, name)
+    fs.makedirs(posixpath.dirname(base), exist_ok=True)
+    for suffix, data in encode_outputs(image, label, head).items():
+        if isinstance(fs, LocalFileSystem):
+            tmp = f"{base}{suffix}.{os.getpid()}.tmp"
+            Path(tmp).write_bytes(data)
+            os.replace(tmp, f"{base}{suffix}")
+        else:
+            fs.pipe_file(f"{base}{suffix}", data)
+
+
+def done_names(fs: fsspec.AbstractFileSystem, out: str) -> set[str]:
+    """Output names under ``out`` whose three files all exist (one listing, not a request per image)."""
+    if not fs.isdir(out):
+        return set()
+    found: dict[str, int] = {}
+    for path in fs.find(out):
+        rel = posixpath.relpath(path, out)
+        for suffix in sorted(OUTPUT_SUFFIXES, key=len, reverse=True):  # "_color.png" before ".png"
+            if rel.endswith(suffix):
+                found[rel[: -len(suffix)]] = found.get(rel[: -len(suffix)], 0) + 1
+                break
+    return {name for name, n in found.items() if n == len(OUTPUT_SUFFIXES)}
 
 
 def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str | None = None,
@@ -110,7 +151,7 @@ def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str 
     served = model.unwrap_python_model()
     head = served.head(domain)  # unknown or missing domain: an error naming the model's heads, before any work
     params = {"domain": head.name, "flip_tta": flip_tta, "batch_size": batch_size}
-    out = Path(out)
+    out_fs, out_path = filesystem(str(out), storage_options)
     result = PredictResult()
     with tqdm(total=len(items), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
@@ -124,7 +165,7 @@ def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str 
                     result.skipped.append((err.source, err.reason))
             labels = model.predict([im for _, im in good], params=params) if good else []
             for (item, image), label in zip(good, labels):
-                write_outputs(out, item.name, image, label, head)
+                write_outputs(out_fs, out_path, item.name, image, label, head)
                 result.written.append(item.name)
             bar.update(min(batch_size, len(items) - start))
     return result

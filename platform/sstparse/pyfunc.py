@@ -9,7 +9,9 @@ a fresh process with ``sstparse`` installed and the model's folder is enough.
 ``predict(model_input, params)``:
 
 * ``model_input``: a list of uint8 HxWx3 RGB arrays and/or image file paths; a single array (HxWx3, or NxHxWx3
-  for N images) or path; or a pandas DataFrame with a ``path`` column (or a single column of paths).
+  for N images) or path; or a pandas DataFrame (or a dict of columns) with a ``path`` column, a single column of
+  paths, or an ``image_b64`` column of base64-encoded image files (how a JSON payload to ``mlflow models serve``
+  carries images: see the README).
 * ``params``: ``domain`` (which head; required when the model has several), ``flip_tta`` (average with the
   mirrored image, left/right classes swapped), ``batch_size`` (images of one size run together).
 * returns a list of HxW uint8 label maps, one per image, each the size of its image.
@@ -20,6 +22,8 @@ Loading is for the serving side only: this module imports torch, numpy, PIL and 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import warnings
@@ -76,10 +80,14 @@ class Parser:
         self.layout: dict[str, Any] = json.loads(Path(context.artifacts["layout"]).read_text())
         self.heads = {n: HeadSpec.from_layout(n, h) for n, h in self.layout["heads"].items()}
         self.program = torch.export.load(context.artifacts["program"])
-        self.net = self.program.module()
+        # The first visible GPU when there is one (a Ray actor or Serve replica given num_gpus sees exactly its
+        # own); SSTPARSE_DEVICE overrides.
+        self.device = torch.device(os.environ.get("SSTPARSE_DEVICE") or
+                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = self.program.module().to(self.device)
         spec = self.layout["input"]
-        self.mean = torch.tensor(spec["mean"], dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(spec["std"], dtype=torch.float32)[:, None, None]
+        self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=self.device)[:, None, None]
+        self.std = torch.tensor(spec["std"], dtype=torch.float32, device=self.device)[:, None, None]
         self.min_size = int(spec["min_size"])
 
     def head(self, domain: str | None) -> HeadSpec:
@@ -118,10 +126,10 @@ class Parser:
     @torch.no_grad()
     def parse(self, images: np.ndarray, head: HeadSpec, flip_tta: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, H, W) uint8 label maps of ``head``."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
         x = ((x - self.mean) / self.std).contiguous()
         probs = predict_probs(lambda v: self.net(v)[:, head.start:head.stop], x, head, TTA(flip=flip_tta))
-        return probs.argmax(1).to(torch.uint8).numpy()
+        return probs.argmax(1).to(torch.uint8).cpu().numpy()
 
 
 # MLflow warns, when a PythonModel subclass is defined, that predict's model_input has no type hint: none of its
@@ -136,21 +144,23 @@ with warnings.catch_warnings():
 def as_images(model_input: Any) -> Iterator[tuple[str, np.ndarray]]:
     """(name for error messages, array) per image of any accepted input form."""
     if _is_dataframe(model_input):
-        cols = list(model_input.columns)
-        col = "path" if "path" in cols else cols[0] if len(cols) == 1 else None
-        if col is None:
-            raise ValueError(f"a DataFrame input needs a 'path' column (or a single column); got columns {cols}")
-        model_input = list(model_input[col])
-    if isinstance(model_input, (str, os.PathLike)):
+        model_input = _from_columns({c: list(model_input[c]) for c in model_input.columns})
+    elif isinstance(model_input, dict):  # the scoring server's {"inputs": {"path": [...]}} (or image_b64)
+        model_input = _from_columns({k: list(np.atleast_1d(v)) for k, v in model_input.items()})
+    if isinstance(model_input, (str, os.PathLike, _Encoded)):
         model_input = [model_input]
     elif isinstance(model_input, np.ndarray):
-        model_input = list(model_input) if model_input.ndim == 4 else [model_input]
+        # 4-d: a batch of images; 1-d of strings: paths, as the scoring server passes {"inputs": ["a.jpg"]}
+        model_input = list(model_input) if model_input.ndim == 4 or model_input.dtype.kind in "OUS" else \
+            [model_input]
     if not isinstance(model_input, (list, tuple)):
         raise ValueError(f"expected a list of HxWx3 uint8 arrays or image paths, got {type(model_input).__name__}")
     if not model_input:
         raise ValueError("no images given")
     for i, item in enumerate(model_input):
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, _Encoded):
+            yield f"image_b64 {i}", item.decode(i)
+        elif isinstance(item, (str, os.PathLike)):
             yield str(item), read_image(item)
         elif isinstance(item, np.ndarray):
             yield f"image {i}", item
@@ -158,12 +168,33 @@ def as_images(model_input: Any) -> Iterator[tuple[str, np.ndarray]]:
             raise ValueError(f"image {i}: expected an HxWx3 uint8 array or a path, got {type(item).__name__}")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+class _Encoded(str):
+    """A base64 string of an image file's bytes (the ``image_b64`` column): JSON payloads carry no bytes."""
+
+    def decode(self, i: int) -> np.ndarray:
+        try:
+            data = base64.b64decode(self, validate=True)
+        except ValueError as err:
+            raise ValueError(f"image_b64 {i}: not base64 ({err})") from None
+        return read_image(io.BytesIO(data), f"image_b64 {i}")
+
+
+def _from_columns(columns: dict[str, list]) -> list:
+    if "image_b64" in columns:
+        return [_Encoded(v) for v in columns["image_b64"]]
+    col = "path" if "path" in columns else next(iter(columns)) if len(columns) == 1 else None
+    if col is None:
+        raise ValueError(f"a table input needs a 'path' or 'image_b64' column (or a single column of paths); got "
+                         f"columns {list(columns)}")
+    return columns[col]
+
+
+def read_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{name or path}: cannot read image ({type(err).__name__}: {err})") from None
 
 
 def batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:

@@ -145,17 +145,40 @@ def log_pyfunc(cfg: TrackingConfig, run_id: str, code: Path, artifacts: Mapping[
 def load_pyfunc_model(uri: str, tracking_uri: str | None = None):
     """Load any MLflow model URI (``models:/name@alias``, ``runs:/id/model``, a local folder) as a pyfunc.
     ``tracking_uri`` (also the registry) defaults to $MLFLOW_TRACKING_URI, else the project's sqlite:///mlruns.db."""
-    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().tracking_uri
-    db = Path(store.removeprefix("sqlite:///")) if store.startswith("sqlite:///") else None
-    if uri.startswith(("models:/", "runs:/")) and db is not None and not db.is_file():
-        # Checked here: MLflow would retry opening a missing sqlite file for about two minutes before failing.
-        raise FileNotFoundError(f"{uri}: no MLflow store at {db} (tracking URI {store}); pass the store with "
-                                "--tracking-uri or MLFLOW_TRACKING_URI")
+    store = model_store(uri, tracking_uri)
     try:
         with _store(store):
             return mlflow.pyfunc.load_model(uri)
     except (mlflow.exceptions.MlflowException, OSError) as err:
         raise FileNotFoundError(f"{uri}: cannot load the model ({err})") from None
+
+
+def model_store(uri: str, tracking_uri: str | None) -> str:
+    """The store a model URI is read from: ``tracking_uri``, else $MLFLOW_TRACKING_URI, else the project's
+    sqlite:///mlruns.db; a missing sqlite file is an error here, because MLflow would retry opening it for about
+    two minutes before failing. A relative sqlite path is made absolute: other processes (Ray actors) may start
+    elsewhere."""
+    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().tracking_uri
+    db = Path(store.removeprefix("sqlite:///")) if store.startswith("sqlite:///") else None
+    if uri.startswith(("models:/", "runs:/")) and db is not None and not db.is_file():
+        raise FileNotFoundError(f"{uri}: no MLflow store at {db} (tracking URI {store}); pass the store with "
+                                "--tracking-uri or MLFLOW_TRACKING_URI")
+    return f"sqlite:///{db.resolve()}" if db is not None else store
+
+
+def pinned_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/name@alias`` -> ``models:/name/<version>``, the version holding the alias now; any other URI as
+    given. A job that loads the model in many processes pins it first, so a promotion during the job cannot give
+    two processes two different models."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    store = model_store(uri, tracking_uri)
+    try:
+        version = MlflowClient(store, store).get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException as err:
+        raise FileNotFoundError(f"{uri}: cannot resolve the alias ({err})") from None
+    return f"models:/{name}/{version}"
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

@@ -196,12 +196,23 @@ def test_report_only_merges_stored_runs_without_training(tmp_path):
     spec = importlib.util.spec_from_file_location("benchmark_job", root / "jobs" / "benchmark.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    config = str(root / "jobs/configs/benchmark.yaml")
+    settings = bench.base_settings(script.load_job(config, script.SIZES["cpu"]))
     for seed in (0, 1):
-        _run("B", seed, 0.2).save(tmp_path / "runs")
-    text = script.main(["--config", str(root / "jobs/configs/benchmark.yaml"), "--report-only", "--out",
-                        str(tmp_path)])
+        run = _run("B", seed, 0.2)
+        run.base = settings
+        run.save(tmp_path / "runs")
+    text = script.main(["--config", config, "--report-only", "--out", str(tmp_path)])
     assert "| B | 20.5 | 20.5 | 20.5 | 20.5 | 20.5 | 2 | 2 |" in text and "step time" not in text
     assert (tmp_path / "report.md").read_text() == text
+
+    # A result stored by another base job is never reported (nor reused) beside this one's.
+    with pytest.raises(SystemExit, match=r"passes-B-s0.json: stored by a different base job \(data.epoch_size: "
+                                         r"960 -> 480\)"):
+        script.main(["--config", config, "--report-only", "--out", str(tmp_path), "data.epoch_size=480"])
+    _run("C", 0, 0.2).save(tmp_path / "runs")  # stored before the settings were recorded
+    with pytest.raises(SystemExit, match="passes-C-s0.json: .*before they were recorded"):
+        script.main(["--config", config, "--report-only", "--out", str(tmp_path)])
 
 
 def test_difference_table_uses_the_domains_both_sides_scored():

@@ -10,9 +10,11 @@ import tempfile
 
 import pytest
 import yaml
+from PIL import Image
 
 from sstparse import tracking
 from tests.raycli import REPO, head_args, start_group, stop_group, submit, wait_job, wait_job_server
+from tests.serving import images
 from tests.train.conftest import tiny_job
 
 
@@ -57,3 +59,17 @@ def test_ray_job_submit_trains_and_registers(ray_head, tiny_shards, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val/mean_miou" in runs[0].data.metrics
     assert tracking.client(job.tracking).get_model_version("sst-submitted", "1").run_id == runs[0].info.run_id
+
+    # Batch prediction with the model just registered, submitted the same way (jobs/predict.py = predict --ray).
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(images(2, [(64, 64), (72, 56)])):
+        Image.fromarray(im).save(tmp_path / "photos" / f"p{i}.jpg")
+    proc = submit(address, env, "sst-predict", [
+        sys.executable, str(REPO / "jobs" / "predict.py"), "--model", "models:/sst-submitted@champion",
+        "--tracking-uri", job.tracking.tracking_uri, "--domain", job.domain_names[0], str(tmp_path / "photos"),
+        "--out", str(tmp_path / "parsed"), "--concurrency", "2", "--num-cpus-per-actor", "0.5"])
+    assert proc.returncode == 0 or "already exists" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+    status, logs = wait_job(address, "sst-predict", timeout=300)
+    assert status == "SUCCEEDED" and "predicted 2 image(s)" in logs, logs[-3000:]
+    assert sorted(p.name for p in (tmp_path / "parsed").iterdir()) == [
+        "p0.png", "p0_color.png", "p0_overlay.jpg", "p1.png", "p1_color.png", "p1_overlay.jpg", "skipped.csv"]

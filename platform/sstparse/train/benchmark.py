@@ -78,6 +78,7 @@ class ArmRun:
     minutes: float = 0.0                       # wall time of training and scoring
     assoc: dict[str, float] = field(default_factory=dict)       # SST arms: recovery of the true associations
     checkpoints: dict[str, str] = field(default_factory=dict)   # model (domain or arm) -> selected checkpoint
+    base: dict[str, Any] = field(default_factory=dict)          # base_settings() of the job it came from
 
     @property
     def key(self) -> str:
@@ -92,6 +93,27 @@ class ArmRun:
     @classmethod
     def load(cls, path: Path) -> "ArmRun":
         return cls(**json.loads(path.read_text()))
+
+
+# Where a job ran and what it is called do not change its scores.
+_PLACE = ("data.root", "train.name", "train.storage_path", "train.verbose")
+
+
+def base_settings(base: JobConfig) -> dict[str, Any]:
+    """The base job's settings that differ from the schema's defaults, flattened, less where it ran: what a stored
+    result must match to be reused or reported beside results of the running base job."""
+    flat = tracking.flatten(base.model_dump(mode="json", exclude_defaults=True, exclude={"tracking"}))
+    return {k: v for k, v in flat.items() if k not in _PLACE}
+
+
+def base_mismatch(run: ArmRun, base: JobConfig) -> list[str]:
+    """``"key: stored -> now"`` for each base setting a stored result differs in (all of them for a result stored
+    without its settings)."""
+    now = base_settings(base)
+    if not run.base:
+        return ["stored without its base job's settings (a result from before they were recorded)"]
+    return [f"{k}: {run.base.get(k, '<default>')!r} -> {now.get(k, '<default>')!r}"
+            for k in sorted(set(now) | set(run.base)) if run.base.get(k) != now.get(k)]
 
 
 def arm_jobs(base: JobConfig, arm: str, seed: int, protocol: str = "passes",

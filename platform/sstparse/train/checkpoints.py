@@ -72,9 +72,13 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((path / META_FILE).read_text())
 
 
-def read_job(path: Path) -> JobConfig:
-    """The job that wrote the checkpoint (as recorded in its meta.json)."""
-    return JobConfig.model_validate(read_meta(path)["job"])
+def read_job(path: Path | str, fs=None) -> JobConfig:
+    """The job that wrote the checkpoint (as recorded in its meta.json); ``fs``: an fsspec filesystem holding
+    ``path`` (the driver's view of a run's storage, local or S3), default the local disk."""
+    if fs is None:
+        return JobConfig.model_validate(read_meta(Path(path))["job"])
+    with fs.open(posixpath.join(path, META_FILE), "r") as f:
+        return JobConfig.model_validate(json.load(f)["job"])
 
 
 def read_eval(path: Path):
@@ -86,12 +90,6 @@ def latest(fs, folder: str) -> str | None:
     name order is age order), or None."""
     metas = sorted(fs.glob(posixpath.join(folder, "checkpoint_*", META_FILE)))
     return posixpath.dirname(metas[-1]) if metas else None
-
-
-def read_job_at(fs, path: str) -> JobConfig:
-    """:func:`read_job` for a checkpoint on any fsspec filesystem (the driver's view of the run's storage)."""
-    with fs.open(posixpath.join(path, META_FILE), "r") as f:
-        return JobConfig.model_validate(json.load(f)["job"])
 
 
 def job_differences(saved: JobConfig, job: JobConfig) -> list[str]:

@@ -106,7 +106,7 @@ def check_resumable(job: JobConfig, name: str) -> None:
     latest = checkpoints.latest(fs, posixpath.join(base, name))
     if latest is None:
         return
-    diffs = checkpoints.job_differences(checkpoints.read_job_at(fs, latest), job)
+    diffs = checkpoints.job_differences(checkpoints.read_job(latest, fs), job)
     if diffs:
         raise checkpoints.CheckpointError(
             f"{latest}: run {name!r} would resume from this checkpoint, trained by a different job ("
