@@ -66,14 +66,15 @@ def test_ray_writes_the_bytes_single_process_predict_writes(served, tmp_path, s3
     assert from_s3 == expected
 
 
-def test_bad_images_are_listed_and_a_rerun_resumes(served, tmp_path, ray_session):
+def test_bad_images_are_listed_and_a_rerun_resumes(served, tmp_path, ray_session, monkeypatch):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     src = _inputs(tmp_path / "in")
     (src / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     Image.fromarray(images(0, [(8, 8)])[0]).save(src / "sub" / "tiny.png")
     out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the actors start in another folder
 
-    first = _predict(served, src, "--out", out, "--ray", "--batch-size", "3")
+    first = _predict(served, "in", "--out", "out/", "--ray", "--batch-size", "3")
     assert first.exit_code == 0, first.output
     assert "predicted 5 image(s)" in first.output and "skipped 2 bad image(s)" in first.output
     with open(out / "skipped.csv") as f:

@@ -106,8 +106,10 @@ def predict_ray(model_uri: str, inputs: Sequence[str], out: str, domain: str | N
     result = BatchResult(already_done=len(items) - len(todo), actors=concurrency,
                          skipped_file=f"{str(out).rstrip('/')}/{SKIPPED_FILE}")
     if todo:
+        # The actors get the output as an absolute URL: a relative path would resolve in their own working folder.
         result.skipped = _run(todo, model_uri, store, {"domain": head.name, "flip_tta": flip_tta,
-                                                       "batch_size": batch_size}, out, storage_options,
+                                                       "batch_size": batch_size}, out_fs.unstrip_protocol(out_path),
+                              storage_options,
                               batch_size, concurrency, num_gpus_per_actor, num_cpus_per_actor, progress)
         result.written = len(todo) - len(result.skipped)
     _write_skipped(out_fs, posixpath.join(out_path, SKIPPED_FILE), result.skipped)
