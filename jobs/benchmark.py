@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> str:
         parent = tracking.start_run(base.tracking, f"sst-benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
                                     tags={"benchmark": "sst"}) if base.tracking.enabled else None
         run_arms(args, base, parent)
-    runs = [bench.ArmRun.load(p) for p in sorted((out / "runs").glob("*.json"))]
-    for path, run in zip(sorted((out / "runs").glob("*.json")), runs):
+    stored = sorted((out / "runs").glob("*.json"))
+    runs = [bench.ArmRun.load(p) for p in stored]
+    for path, run in zip(stored, runs):
         check_stored(path, run, base)
     first_c = min((r for r in runs if r.arm == "C" and r.protocol == "passes"), key=lambda r: r.seed, default=None)
     pairs = bench.association_recovery(base, Path(first_c.checkpoints["C"]))[1] if first_c else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,7 +96,7 @@ def read(item: Input, min_size: int) -> np.ndarray:
     return image
 
 
-OUTPUT_SUFFIXES = (".png", "_color.png", "_overlay.jpg")  # label map, colours, overlay; the label map last
+OUTPUT_SUFFIXES = ("_color.png", "_overlay.jpg", ".png")  # colours, overlay, label map: the order they are written
 
 
 def encode_outputs(image: np.ndarray, label: np.ndarray, head: Any) -> dict[str, bytes]:
@@ -130,13 +131,13 @@ def done_names(fs: fsspec.AbstractFileSystem, out: str) -> set[str]:
     """Output names under ``out`` whose three files all exist (one listing, not a request per image)."""
     if not fs.isdir(out):
         return set()
-    found: dict[str, int] = {}
+    longest_first = sorted(OUTPUT_SUFFIXES, key=len, reverse=True)  # "_color.png" before ".png"
+    found: Counter[str] = Counter()
     for path in fs.find(out):
         rel = posixpath.relpath(path, out)
-        for suffix in sorted(OUTPUT_SUFFIXES, key=len, reverse=True):  # "_color.png" before ".png"
-            if rel.endswith(suffix):
-                found[rel[: -len(suffix)]] = found.get(rel[: -len(suffix)], 0) + 1
-                break
+        suffix = next((x for x in longest_first if rel.endswith(x)), None)
+        if suffix:
+            found[rel[: -len(suffix)]] += 1
     return {name for name, n in found.items() if n == len(OUTPUT_SUFFIXES)}
 
 

@@ -174,11 +174,11 @@ def pinned_uri(uri: str, tracking_uri: str | None = None) -> str:
         return uri
     name, alias = uri.removeprefix("models:/").split("@", 1)
     store = model_store(uri, tracking_uri)
-    try:
-        version = MlflowClient(store, store).get_model_version_by_alias(name, alias).version
-    except mlflow.exceptions.MlflowException as err:
-        raise FileNotFoundError(f"{uri}: cannot resolve the alias ({err})") from None
-    return f"models:/{name}/{version}"
+    found = get_alias(TrackingConfig(tracking_uri=store), name, alias)
+    if found is None:
+        raise FileNotFoundError(f"{uri}: cannot resolve the alias (no version of {name!r} holds {alias!r} in "
+                                f"{store})")
+    return f"models:/{name}/{found.version}"
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

@@ -19,6 +19,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
 
@@ -75,9 +76,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 def read_job(path: Path | str, fs=None) -> JobConfig:
     """The job that wrote the checkpoint (as recorded in its meta.json); ``fs``: an fsspec filesystem holding
     ``path`` (the driver's view of a run's storage, local or S3), default the local disk."""
-    if fs is None:
-        return JobConfig.model_validate(read_meta(Path(path))["job"])
-    with fs.open(posixpath.join(path, META_FILE), "r") as f:
+    with (fs or fsspec.filesystem("file")).open(posixpath.join(str(path), META_FILE), "r") as f:
         return JobConfig.model_validate(json.load(f)["job"])
 
 
