@@ -15,7 +15,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: install demo test bench-synth clean
+.PHONY: install demo test gpu-check bench-synth clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the GPU path (AMP, channels_last, torch.compile, NCCL, ONNX Runtime CUDA) on this machine's GPU; exits 0 without one
+gpu-check: $(STAMP)
+	$(BIN)/python jobs/gpu_check.py
 
 bench-synth: $(STAMP)
 	$(BIN)/python jobs/benchmark_synth.py

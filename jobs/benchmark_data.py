@@ -6,8 +6,8 @@ same decode + augmentation from the same shards, in one run; prints images/s of 
 Each round runs one epoch of each pipeline (alternating which goes first, since the machine may be shared); both
 pipelines deliver the same batches to a consumer loop that only counts them: the same epoch plan (samples,
 copies, order of tasks), the same per-sample function (augment.train_sample with the same per-sample seed) and
-the same batch finishing in the producer processes (augment.stack_normalized / stack_labels: float32 CHW images,
-int64 labels), which the consumer gets as torch tensors (Ray: iter_torch_batches; torch: shared memory).
+the same uint8 blocks from the producer processes, finished the same way in the consumer (pipeline.finish_batch:
+float32 CHW images, int64 labels; Ray: iter_train_batches; torch: tensors through shared memory).
 The DataLoader reads parquet parts lazily and caches them per worker. CPU ms/img counts every process involved
 (DataLoader workers; Ray's GCS, raylet and workers). Shards are generated at --root if absent.
 """
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from sstparse.data.config import DataConfig
 from sstparse.data import augment as aug
 from sstparse.data.generate import generate
-from sstparse.data.pipeline import READ_COLUMNS, DataStream, iter_train_batches
+from sstparse.data.pipeline import READ_COLUMNS, DataStream, finish_batch, iter_train_batches
 from sstparse.data.shards import filesystem, list_domains
 from sstparse.domains import load_domains
 
@@ -66,10 +66,10 @@ class PlanDataset(Dataset):
 
 
 def collate(items):
-    """Runs in the DataLoader worker: the same batch finishing as the Ray map function (float32 normalised CHW
-    images, int64 labels); the tensors reach the main process through shared memory."""
+    """Runs in the DataLoader worker: the same blocks as the Ray map function (uint8 crops); the tensors reach the
+    main process through shared memory, where pipeline.finish_batch normalises them, as iter_train_batches does."""
     imgs, lbls, doms = zip(*items)
-    return {"image": torch.from_numpy(aug.stack_normalized(imgs)), "label": torch.from_numpy(aug.stack_labels(lbls)),
+    return {"image": torch.from_numpy(np.stack(imgs)), "label": torch.from_numpy(np.stack(lbls)),
             "domain": torch.tensor(doms, dtype=torch.int64)}
 
 
@@ -125,7 +125,7 @@ def run_torch(stream: DataStream, epoch: int, limit: int, workers: int) -> dict:
     c0 = own_cpu()
     loader = DataLoader(PlanDataset(stream, epoch), batch_size=stream.cfg.batch_size, num_workers=workers,
                         collate_fn=collate, prefetch_factor=2, persistent_workers=False)
-    res = consume(loader, limit)
+    res = consume(map(finish_batch, loader), limit)
     del loader
     gc.collect()  # joins the workers, so their CPU time lands in RUSAGE_CHILDREN
     res["cpu_ms_per_img"] = 1000 * (own_cpu() - c0) / res["images"]
@@ -138,6 +138,42 @@ def run_ray(stream: DataStream, ds, limit: int) -> dict:
     res = consume(iter_train_batches(ds, stream.cfg), limit)
     res["cpu_ms_per_img"] = 1000 * (tree_cpu() - c0) / res["images"]
     return res
+
+
+def breakdown(stream: DataStream, n: int) -> None:
+    """Where one training sample's CPU time goes, stage by stage, in this process (one thread): the same calls the
+    stream's read task makes (augment.train_sample = decode_pair + augment, then the batch finishing)."""
+    from sstparse.data.shards import decode_image, decode_label
+
+    data = PlanDataset(stream, 0)
+    rows = [(data.infos[int(d)], data._part(int(d), int(p)), int(r)) for d, p, r, _ in data.plan[:n]]
+    samples = [(t["image"][r].as_py(), t["label"][r].as_py(), info) for info, t, r in rows]
+    spec, rng = stream.spec, np.random.default_rng(0)
+    stages: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+    crops = []
+    for image, label, info in samples:
+        timed("decode JPEG", decode_image, image, "x")
+        timed("decode PNG", decode_label, label, "x")
+        img, lbl = timed("decode + checks (decode_pair)", aug.decode_pair, image, label, info, "x")
+        crops.append(timed("scale, crop, flip, jitter (augment)", aug.augment, img, lbl, info, spec, rng))
+    for i in range(0, len(crops), stream.cfg.batch_size):
+        chunk = crops[i:i + stream.cfg.batch_size]
+        block = timed("stack the uint8 block (read task)", lambda c: {
+            "image": torch.from_numpy(np.stack([x[0] for x in c])),
+            "label": torch.from_numpy(np.stack([x[1] for x in c]))}, chunk)
+        timed("normalise on the consumer (finish_batch)", finish_batch, block)
+    print(f"per-sample CPU, {len(samples)} samples, one thread (decode JPEG / PNG are part of decode_pair):")
+    for name, sec in stages.items():
+        print(f"  {name:<46} {1000 * sec / len(samples):6.2f} ms")
+    total = sum(v for k, v in stages.items() if not k.startswith("decode ") or "pair" in k)
+    print(f"  {'total':<46} {1000 * total / len(samples):6.2f} ms")
 
 
 def ensure_shards(root: str, scale: float) -> None:
@@ -169,6 +205,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="epochs of each pipeline, alternating which goes first")
     ap.add_argument("--skip-torch", action="store_true", help="only run the Ray stream")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="N",
+                    help="first time each stage of N samples in this process (decode, augment, finishing)")
     ap.add_argument("--smoke-test", action="store_true", help="tiny shards, 4 batches each")
     args = ap.parse_args()
     if args.smoke_test:
@@ -181,9 +219,13 @@ def main() -> None:
     stream = DataStream(cfg, load_domains())
     print(f"epoch: {stream.epoch_size} images {stream.domain_counts}, batch {cfg.batch_size}, crop {cfg.crop_size}, "
           f"{os.cpu_count()} cores")
+    if args.breakdown:
+        breakdown(stream, args.breakdown)
     import ray
 
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, logging_level="WARNING")
+    # Under RAY_ADDRESS (a cluster, the test suite's) join it; else a local instance of --ray-cpus.
+    sized = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": args.ray_cpus, "include_dashboard": False}
+    ray.init(**sized, logging_level="WARNING")
     try:
         ds = stream.train_dataset()
         results: dict[str, list[dict]] = {"torch": [], "ray": []}

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sstparse.domains import get_domain
 from sstparse.evaluate import TTA, DomainEvaluator, confusion_matrix, flip_channels, predict_probs, scores
@@ -77,11 +78,39 @@ def test_flip_tta_uses_the_domains_own_pairs(name):
     assert torch.allclose(probs[:, a], probs[:, b])
 
 
-def test_multiscale_tta_returns_input_resolution_and_evaluator_records_settings():
-    d = get_domain("pascal_person_part")
+def _stripes(h: int, w: int) -> torch.Tensor:
+    """Label map of vertical stripes, classes 1, 2, 3 from left to right (widths w/4, w/2, w/4)."""
+    y = torch.full((h, w), 2, dtype=torch.long)
+    y[:, : w // 4], y[:, 3 * w // 4:] = 1, 3
+    return y
+
+
+def _reads_the_class_from_the_image(num_classes: int):
+    """A 'network' whose logits at a pixel pick the class written in the image's first channel there: it is
+    right only where every view (rescaled, flipped) is mapped back onto the right pixels."""
+    def fn(x):
+        cls = x[:, 0].round().long().clamp(0, num_classes - 1)
+        return 5.0 * F.one_hot(cls, num_classes).permute(0, 3, 1, 2).float()
+    return fn
+
+
+def test_multiscale_tta_maps_every_view_back_onto_its_pixels():
+    d = get_domain("pascal_person_part")  # no left/right classes: the flip needs no channel swap here
+    labels = _stripes(20, 32)[None]
+    image = labels[:, None].float().expand(1, 3, 20, 32).clone()
     ev = DomainEvaluator(d, TTA(flip=True, scales=(0.5, 1.0, 1.5)))
-    labels = torch.zeros(1, 10, 14, dtype=torch.long)
-    ev.update(lambda x: torch.zeros(x.shape[0], d.num_classes, *x.shape[-2:]).index_fill_(1, torch.tensor([0]), 1.0),
-              torch.zeros(1, 3, 10, 14), labels)
+    ev.update(_reads_the_class_from_the_image(d.num_classes), image, labels)
     out = ev.compute()
-    assert out["miou"] == 1.0 and out["pixel_acc"] == 1.0 and out["tta"] == "flip=1,scales=0.5+1+1.5"
+    assert out["tta"] == "flip=1,scales=0.5+1+1.5"
+    # Rescaling blurs the stripe borders by a pixel or so; everywhere else every view must agree.
+    pred = predict_probs(_reads_the_class_from_the_image(d.num_classes), image, d,
+                         TTA(flip=True, scales=(0.5, 1.0, 1.5))).argmax(1)
+    interior = torch.ones(32, dtype=torch.bool)
+    for edge in (8, 24):
+        interior[edge - 2: edge + 2] = False
+    assert torch.equal(pred[..., interior], labels[..., interior])
+    assert out["pixel_acc"] > 0.85 and out["miou"] > 0.75
+    # A view mapped back mirrored (a flip not undone) would swap the outer stripes: the check above would fail.
+    mirrored = predict_probs(lambda x: _reads_the_class_from_the_image(d.num_classes)(x.flip(-1)), image, d,
+                             TTA(scales=(0.5, 1.0, 1.5))).argmax(1)
+    assert not torch.equal(mirrored[..., interior], labels[..., interior])

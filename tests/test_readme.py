@@ -82,6 +82,10 @@ LOCAL = {  # README command -> the command run here ({...}: this run's values)
     "--concurrency 2 --batch-size 8": "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip "
                                       "photos/ --out preds_ray/ --concurrency 2 --batch-size 8 --num-cpus-per-actor 0.5",
     "python jobs/benchmark_predict.py": "python jobs/benchmark_predict.py --images 4 --actors 1 --out bench_predict",
+    "python jobs/benchmark_train.py --rounds 2": "python jobs/benchmark_train.py --smoke-test",
+    "python jobs/benchmark_data.py --root data/synth --rounds 3 --breakdown 200":
+        "python jobs/benchmark_data.py --root bench_data --smoke-test --breakdown 8",
+    "make gpu-check": f"make gpu-check VENV={Path(sys.executable).parents[1]}",
     # deployed onto the session cluster instead of blocking
     "serve run sstparse.serve:app model_uri=models:/sst-universal@champion":
         "serve run --non-blocking sstparse.serve:app model_uri=models:/sst-universal@champion num_cpus=0.5",

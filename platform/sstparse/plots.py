@@ -93,6 +93,26 @@ def sweep_figures(rows: Sequence[dict], params: dict[str, bool], objective: str,
     return paths
 
 
+def time_to_accuracy_figure(history: Sequence[dict], domains: Sequence[str], path: str | Path) -> Path | None:
+    """Validation mIoU against wall-clock minutes since the job started (each validated epoch is a point): mean
+    over the domains, and each domain thin. None when the history has no timed validation."""
+    points = [h for h in history if np.isfinite(h.get("val/mean_miou", np.nan)) and "time/elapsed_s" in h]
+    if not points:
+        return None
+    minutes = [h["time/elapsed_s"] / 60 for h in points]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name in domains:
+        ax.plot(minutes, [100 * h.get(f"val/{name}/miou", np.nan) for h in points], "-", lw=0.8, alpha=0.6,
+                label=name)
+    ax.plot(minutes, [100 * h["val/mean_miou"] for h in points], "o-", lw=2, color="black", label="mean")
+    ax.set_xlabel("minutes since the job started", fontsize=8)
+    ax.set_ylabel("validation mIoU (%)", fontsize=8)
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

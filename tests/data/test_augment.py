@@ -113,10 +113,23 @@ def test_normalize_and_stack_to_model_dtypes():
     y = aug.normalize(x)
     assert y.shape == (2, 3, 4, 5) and y.dtype == np.float32 and y.flags.c_contiguous
     assert np.allclose(y[:, 0], (255 - aug.MEAN[0]) / aug.STD[0]) and np.allclose(y[:, 1], -aug.MEAN[1] / aug.STD[1])
-    imgs = list(np.random.default_rng(0).integers(0, 256, (3, 6, 6, 3), dtype=np.uint8))
-    assert np.allclose(aug.stack_normalized(imgs), aug.normalize(np.stack(imgs)))
-    labels = aug.stack_labels([np.full((6, 6), 255, np.uint8), np.zeros((6, 6), np.uint8)])
-    assert labels.dtype == np.int64 and labels.shape == (2, 6, 6) and labels[0, 0, 0] == 255
+
+
+def test_the_stream_finishes_batches_exactly_as_normalize_does():
+    """Blocks carry uint8 crops; finish_batch (the consumer side, on any device) must give the very floats the
+    evaluation path's normalize gives, so training and validation see the same inputs."""
+    import torch
+
+    from sstparse.data.pipeline import finish_batch
+
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 6, 5, 3), dtype=np.uint8)
+    labels = np.array([np.full((6, 5), 255, np.uint8), np.zeros((6, 5), np.uint8), np.ones((6, 5), np.uint8)])
+    out = finish_batch({"image": torch.from_numpy(imgs), "label": torch.from_numpy(labels),
+                        "domain": torch.tensor([0, 1, 2])})
+    assert out["image"].dtype == torch.float32 and out["image"].is_contiguous()
+    assert np.array_equal(out["image"].numpy(), aug.normalize(imgs))   # bit-identical, not just close
+    assert out["label"].dtype == torch.int64 and out["label"][0, 0, 0] == 255
+    assert out["domain"].tolist() == [0, 1, 2]
 
 
 def test_train_sample_end_to_end_from_bytes():

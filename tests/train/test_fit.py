@@ -54,7 +54,12 @@ def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path,
         assert f"val/{d}/iou/background" in first.metrics
     assert first.registered_version == "1"
     pictures = {p.name for p in (tmp_path / "pictures").iterdir()}
-    assert {"confusion_syn_ppp.png", "association_syn_lip_to_syn_ppp.png", "predictions_syn_lip.png"} <= pictures
+    assert {"confusion_syn_ppp.png", "association_syn_lip_to_syn_ppp.png", "predictions_syn_lip.png",
+            "miou_vs_minutes.png"} <= pictures
+    # Every epoch's metrics come back to the driver, timed for the time-to-accuracy curve and the benchmarks.
+    assert [h["epoch"] for h in first.history] == [1, 2] and "val/mean_miou" in first.history[1]
+    assert 0 < first.history[0]["time/elapsed_s"] < first.history[1]["time/elapsed_s"]
+    assert all(h["train/steady_img_per_s"] > 0 and 0 <= h["train/data_wait_frac"] < 1 for h in first.history)
     run = tracking.client(job.tracking).get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.mode"] == "universal"
     assert [s for s, _ in _history(job, first.run_id, "val/mean_miou")] == [2]

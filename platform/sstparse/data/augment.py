@@ -162,24 +162,6 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def stack_normalized(images: list[np.ndarray]) -> np.ndarray:
-    """List of (S, S, 3) uint8 -> (B, 3, S, S) float32 normalised, written in place (one pass per image)."""
-    out = np.empty((len(images), 3) + images[0].shape[:2], np.float32)
-    scale = (1.0 / STD)[:, None, None]
-    for i, im in enumerate(images):
-        np.subtract(im.transpose(2, 0, 1), MEAN[:, None, None], out=out[i], dtype=np.float32)
-        out[i] *= scale
-    return out
-
-
-def stack_labels(labels: list[np.ndarray]) -> np.ndarray:
-    """List of (S, S) uint8 -> (B, S, S) int64 (what cross-entropy takes; 255 stays the ignore index)."""
-    out = np.empty((len(labels),) + labels[0].shape, np.int64)
-    for i, lb in enumerate(labels):
-        out[i] = lb
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- composites
 def augment(img: np.ndarray, lbl: np.ndarray, domain: DomainInfo, spec: AugmentSpec,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,8 @@ class TrainConfig(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (0.5 on a 2-core laptop).")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="Autocast dtype (GPU; bf16 works on CPU).")
     compile: bool = Field(False, description="torch.compile the model (GPU clusters).")
+    channels_last: bool = Field(False, description="NHWC memory format for the model and its input batches "
+                                                   "(faster convolutions on tensor-core GPUs).")
     storage_path: str = Field("ray_results", description="Checkpoint storage: local folder or s3://bucket/prefix.")
     name: str | None = Field(None, description="Run name; reusing it with the same storage_path resumes.")
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by the objective).")
@@ -56,6 +58,8 @@ class TrainConfig(StrictModel):
     val_every: int = Field(1, ge=1, description="Validate (and checkpoint) every N epochs and after the last one; "
                                                  "sweeps need 1 (ASHA compares the objective at every epoch).")
     val_flip: bool = Field(False, description="Flip TTA (with the domain's left/right swap) in validation.")
+    val_batch_size: int = Field(8, ge=1, description="Validation images per batch; consecutive images of one "
+                                                     "domain and size are stacked, never padded.")
     val_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="Multi-scale TTA factors.")
     log_every: int = Field(20, ge=1, description="Training-loss log interval in steps.")
     verbose: bool = Field(False, description="Ray's own INFO lines in the console as well: each worker's metric "

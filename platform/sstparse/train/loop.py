@@ -16,7 +16,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -37,7 +37,7 @@ from sstparse.train.config import JobConfig, OptimConfig
 LOSS_TERMS = ("loss", "ce", "mse", "mst", "kd", "transfer", "aux")  # logged per epoch as train/<term>
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     job = JobConfig.model_validate(config["job"])
     if not job.train.verbose:  # e.g. Ray Train's "Reporting training result ..." (whole metric dict) per rank
         logging.getLogger().setLevel(logging.WARNING)
@@ -47,6 +47,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(job.train.seed)  # identical init on every rank (DDP broadcasts rank 0's anyway)
 
     model = build_model(job, domains)
+    if job.train.channels_last:  # NHWC: what tensor cores want (GPU); the batches follow in train_step
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)  # to device; DDP (gloo on CPU, NCCL on GPU) when world > 1
     if job.train.compile:
         model = torch.compile(model)
@@ -60,6 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracking.log_params(job.tracking, run_id, {**job.model_dump(mode="json"), "domains": job.domain_names,
                                                    "world_size": ctx.get_world_size()})
     train_shard = ray.train.get_dataset_shard("train")
+    history = []  # rank 0 returns it: Result.return_value, the driver's FitResult.history
     for epoch in range(start_epoch, job.train.epochs):
         t0 = time.perf_counter()
         train_metrics = train_one_epoch(model, optimizer, scheduler, train_shard, job, epoch, restored, rank,
@@ -67,11 +70,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validated = (epoch + 1) % job.train.val_every == 0 or epoch + 1 == job.train.epochs
         val_metrics, matrices = validate(model, domains, job) if validated else ({}, {})
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
+        if "started_at" in config:  # the driver's clock: the x axis of the time-to-accuracy curve
+            metrics["time/elapsed_s"] = time.time() - config["started_at"]
         if rank == 0:
             print(epoch_line(metrics, job.train.epochs), flush=True)
         if run_id:
             tracking.log_metrics(job.tracking, run_id, metrics, step=epoch + 1)
         report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank, validated)
+        history.append({k: v for k, v in metrics.items() if "/iou/" not in k})
+    return history if rank == 0 else None
 
 
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
@@ -117,43 +124,66 @@ def train_one_epoch(model, optimizer, scheduler, shard, job: JobConfig, epoch: i
                     rank: int, total_steps: int) -> dict[str, float]:
     model.train()
     device = ray.train.torch.get_device()
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=job.train.amp == "fp16")
     # Loss terms are summed on the device and read at the log interval: a float() per term and step would make the
     # host wait for the GPU every step.
     sums: dict[str, torch.Tensor] = {}
     steps, images, t0 = 0, 0, time.perf_counter()
+    first_step_end, first_images = None, 0  # the first step waits for the stream's start: timed apart
+    data_wait, step_end = 0.0, t0  # time spent waiting for the next batch after the first
     fault = job.train.fault_injection
     # drop_last: Ray Train splits the stream into equal shards, so every rank runs the same number of steps
     # (a rank with an extra partial batch would wait forever in DDP's all-reduce).
     for batch in pipeline.iter_train_batches(shard, job.training_data(), device=device, drop_last=True):
+        data_wait += time.perf_counter() - step_end if first_step_end is not None else 0.0
         if fault and not restored and epoch == fault.epoch and steps == fault.after_steps and \
                 rank == fault.rank:
             print(f"[fault injection] rank {fault.rank} exits in epoch {epoch} after {steps} steps", flush=True)
             os._exit(1)  # a hard crash, as a lost node or an OOM kill would look to Ray
         # The scheduler's step count survives a restore, so the label-transfer ramp resumes where it was.
         _unwrap(model).progress = scheduler.last_epoch / max(total_steps, 1)
-        autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-        with autocast:
-            out = model(batch["image"], batch["label"], batch["domain"])
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out["loss"]).backward()
-        if job.optim.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        out = train_step(model, optimizer, scheduler, scaler, batch, job)
         for k in LOSS_TERMS:
             if k in out:
                 term = out[k].detach().float()
                 sums[k] = sums[k] + term if k in sums else term
         steps, images = steps + 1, images + len(batch["domain"])
+        if first_step_end is None:
+            first_step_end, first_images = time.perf_counter(), images
         if steps % job.train.log_every == 0 and rank == 0:
             print(f"epoch {epoch + 1} step {steps}: loss {float(sums['loss']) / steps:.3f}", flush=True)
-    dt = time.perf_counter() - t0
+        step_end = time.perf_counter()
+    end = time.perf_counter()
+    steady = (images - first_images) / (end - first_step_end) if steps > 1 else 0.0
     return {**{f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}, "train/steps": steps,
-            "train/img_per_s": images / dt if dt else 0.0, "lr": scheduler.get_last_lr()[0]}
+            "train/img_per_s": images / (end - t0) if steps else 0.0, "train/steady_img_per_s": steady,
+            "train/first_step_s": (first_step_end - t0) if steps else 0.0,
+            "train/data_wait_frac": data_wait / (end - first_step_end) if steps > 1 else 0.0,
+            "lr": scheduler.get_last_lr()[0]}
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_step(model, optimizer, scheduler, scaler, batch: dict[str, torch.Tensor], job: JobConfig
+               ) -> dict[str, torch.Tensor]:
+    """One optimiser step: forward under the job's autocast, backward (loss scaled for fp16), clipping, step.
+    Returns the model's loss terms, still on the device (reading them would wait for the GPU)."""
+    image = batch["image"]
+    if job.train.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    amp = AMP_DTYPES.get(job.train.amp)
+    with torch.autocast(image.device.type, dtype=amp) if amp else nullcontext():
+        out = model(image, batch["label"], batch["domain"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    if job.optim.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return out
 
 
 @torch.no_grad()
@@ -165,9 +195,9 @@ def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[st
     metrics: dict[str, Any] = {"val/tta": tta.tag()}
     matrices, evs = {}, [DomainEvaluator(d, tta) for d in domains]
     # One dataset holds every domain's images; the `domain` column indexes `domains` (= job.domain_names).
-    for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=1, device=device):
-        i = int(batch["domain"][0])
-        evs[i].update(lambda x, name=domains[i].name: parser(x, name), batch["image"], batch["label"])
+    batches = pipeline.iter_val_batches(ray.train.get_dataset_shard("val"), job.train.val_batch_size)
+    for i, images, labels in same_size_groups(batches):
+        evs[i].update(lambda x, name=domains[i].name: parser(x, name), images.to(device), labels.to(device))
     for d, ev in zip(domains, evs):
         # Summed over the ranks in place, so the scores and the matrix the checkpoint keeps (plots, benchmark) are
         # both dataset-wide; every rank calls it, domains in the same order.
@@ -178,6 +208,21 @@ def validate(model, domains: list[LabelDomain], job: JobConfig) -> tuple[dict[st
     metrics["val/mean_miou"] = float(np.mean([metrics[f"val/{d.name}/miou"] for d in domains]))
     parser.train()
     return metrics, matrices
+
+
+def same_size_groups(batches) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(domain index, images, labels) stacks of consecutive validation images of one domain and one size, from
+    batches of any sizes: the network sees each image whole, unpadded (padding would change what a convolution
+    sees near the border, so the scores would depend on the batch), and an evaluation-mode network scores every
+    image of a stack on its own."""
+    for batch in batches:
+        keys = [(int(d), tuple(im.shape)) for d, im in zip(batch["domain"], batch["image"])]
+        start = 0
+        for end in range(1, len(keys) + 1):
+            if end == len(keys) or keys[end] != keys[start]:
+                yield (keys[start][0], torch.stack(batch["image"][start:end]),
+                       torch.stack(batch["label"][start:end]))
+                start = end
 
 
 def report(metrics, model, optimizer, scheduler, job: JobConfig, epoch: int, matrices, run_id, rank,

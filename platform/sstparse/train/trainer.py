@@ -13,7 +13,8 @@ import math
 import os
 import posixpath
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class FitResult:
     run_id: str | None             # MLflow run
     registered_version: str | None
     skipped_records: int = 0       # distinct records dropped under on_bad_record: skip (listed in the run)
+    # The metrics of every epoch this attempt ran (a worker-group restart or a resume starts it afresh).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
@@ -137,7 +140,8 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
     resources = {"CPU": job.train.cpus_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "mlflow_run_id": run_id, "steps_per_epoch": steps},
+        train_loop_config={"job": job.model_dump(mode="json"), "mlflow_run_id": run_id, "steps_per_epoch": steps,
+                           "started_at": time.time()},
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=job.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -203,11 +207,13 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     if skipped:
         report_skipped(job, run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
     best = _best_checkpoint(result, job.objective)
+    history = list(result.return_value or [])
     with best.as_directory() as d:
-        version = finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path) if log_model else None
+        version = (finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path, history=history)
+                   if log_model else None)
         meta = checkpoints.read_meta(Path(d))
     return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version,
-                     len({r["source"] for r in skipped}))
+                     len({r["source"] for r in skipped}), history)
 
 
 SKIPPED_FILE = "skipped_records.csv"
@@ -242,13 +248,16 @@ def _best_checkpoint(result, objective: str):
 
 
 def finalize(job: JobConfig, ckpt: Path, run_id: str | None, register: bool, alias: str | None,
-             out_dir: str | None, source: str | None = None) -> str | None:
+             out_dir: str | None, source: str | None = None, history: list[dict] | None = None) -> str | None:
     """Pictures of the best checkpoint (confusion matrices, learned vs true associations), then the model: logged,
     registered with its description and tags, and given ``alias`` (default challenger; a name's first version
-    becomes champion through promotion). ``source``: the checkpoint's storage path, for the version's tags."""
+    becomes champion through promotion). ``source``: the checkpoint's storage path, for the version's tags;
+    ``history``: the epochs' metrics, for the time-to-accuracy curve."""
     _, model, meta = checkpoints.load_model(ckpt)
     out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-artifacts-"))
     pictures = artifact_pictures(job, model, checkpoints.read_eval(ckpt), out)
+    curve = plots.time_to_accuracy_figure(history or [], job.domain_names, out / "miou_vs_minutes.png")
+    pictures += [curve] if curve else []
     if not run_id:
         return None
     tracking.log_artifacts(job.tracking, run_id, pictures, "plots")
