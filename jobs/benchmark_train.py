@@ -4,8 +4,8 @@ other on this machine; prints steady-state images/s of each, their ratio, and st
 
     python jobs/benchmark_train.py [--config jobs/configs/universal.yaml] [--rounds 2] [--smoke-test] [key=value ...]
 
-Default job: the demo's (jobs/configs/universal.yaml, 2 workers, tiny backbone, 128 px crops, batch 8) at 3 epochs
-of 1,600 samples, tracking off, no validation until the last epoch (Ray) or none (torchrun).
+Default job: jobs/configs/universal.yaml (2 workers, tiny backbone, 128 px crops, batch 8) at 3 epochs of 1,600
+samples, tracking off, no validation until the last epoch (Ray) or none (torchrun).
 - steady img/s: images per second after each epoch's first step (the first waits for the data to start), summed
   over the workers, averaged over the epochs after the first.
 - start-up: seconds from launch (before `ray.init` / before `torchrun` starts) to the end of the first step:
