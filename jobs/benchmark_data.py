@@ -211,8 +211,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke_test:
         args.root, args.scale, args.batches, args.rounds = os.path.join(args.root, "smoke"), 0.02, 4, 1
-    if "://" not in args.root:  # Ray's read tasks run in worker processes with their own working folder
-        args.root = os.path.abspath(args.root)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-machine run; keep auth on for clusters
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ensure_shards(args.root, args.scale)

@@ -4,11 +4,12 @@ machine `pytest -m gpu` runs it at its real size."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.scripts import job_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "tiny", "--size", "64", "--batch", "2", "--steps", "2"]
@@ -16,10 +17,7 @@ TINY = ["--backbone", "tiny", "--size", "64", "--batch", "2", "--steps", "2"]
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "jobs" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return job_script("gpu_check")
 
 
 def test_without_cuda_it_says_so_and_exits_0(gpu_check, capsys, monkeypatch):

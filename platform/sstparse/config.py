@@ -27,6 +27,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def local_absolute(path: str | None) -> str | None:
+    """A local path made absolute (from this process's working folder); None and remote URLs (``s3://...``) kept.
+    Ray workers and tasks run in other folders, so a relative path must be resolved where the user gave it."""
+    return path if path is None or "://" in path else str(Path(path).resolve())
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():

@@ -141,13 +141,11 @@ def test_cli_rejects_unknown_and_real_domains(tmp_path):
 
 
 def test_demo_regenerates_shards_that_predate_the_test_split(tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("demo_job", Path(__file__).resolve().parents[2] / "jobs/demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    from tests.scripts import job_script
+
+    demo = job_script("demo")
     root = str(tmp_path / "shards")
     demo.ensure_synthetic(root, scale=0.01, seed=0)
     manifest = tmp_path / "shards" / "syn_ppp" / "manifest.json"

@@ -189,14 +189,10 @@ def test_true_joint_is_the_unnormalised_association():
 
 def test_report_only_merges_stored_runs_without_training(tmp_path):
     """`jobs/benchmark.py --report-only` rebuilds the report from <out>/runs alone (no Ray, no timing)."""
-    import importlib.util
-    from pathlib import Path
+    from tests.scripts import JOBS, job_script
 
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("benchmark_job", root / "jobs" / "benchmark.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    config = str(root / "jobs/configs/benchmark.yaml")
+    script = job_script("benchmark")
+    config = str(JOBS / "configs/benchmark.yaml")
     settings = bench.base_settings(script.load_job(config, script.SIZES["cpu"]))
     for seed in (0, 1):
         run = _run("B", seed, 0.2)

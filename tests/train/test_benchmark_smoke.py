@@ -4,7 +4,6 @@ MLflow under one parent run, stored, and merged into the report."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,23 +12,17 @@ import pytest
 from sstparse import tracking
 from sstparse.config import TrackingConfig
 from sstparse.train import benchmark as bench
+from tests.scripts import job_script
 
 # Four Ray Train fits (A trains one of its four models): about 3 minutes on a quiet 2-core machine.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _benchmark_script():
-    spec = importlib.util.spec_from_file_location("benchmark_job", ROOT / "jobs" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_smoke_test_runs_every_arm_and_writes_the_report(ray_session, tiny_shards, tmp_path):
     out = tmp_path / "bench"
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    text = _benchmark_script().main([
+    text = job_script("benchmark").main([
         "--config", str(ROOT / "jobs/configs/benchmark.yaml"), "--smoke-test", "--out", str(out),
         f"data.root={tiny_shards}", f"tracking.tracking_uri={uri}",
         f"tracking.artifact_location={tmp_path / 'artifacts'}"])

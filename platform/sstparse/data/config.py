@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sstparse.config import StrictModel
+from sstparse.config import StrictModel, local_absolute
 from sstparse.domains import load_domains
 
 
@@ -103,3 +103,9 @@ class DataConfig(StrictModel):
 
     def root_of(self, domain: str) -> str:
         return self.roots.get(domain) or self.root  # type: ignore[return-value]
+
+    def absolute(self) -> "DataConfig":
+        """Local relative roots made absolute, from where this process runs: Ray's read tasks and Train workers run
+        in other folders, where a relative root names nothing (remote roots are kept as they are)."""
+        return self.model_copy(update={"root": local_absolute(self.root),
+                                       "roots": {k: local_absolute(v) for k, v in self.roots.items()}})

@@ -374,6 +374,7 @@ class DataStream:
 
     def __init__(self, cfg: DataConfig, domains: Domains, start_epoch: int = 0, with_ids: bool = False):
         domains = _as_mapping(domains)
+        cfg = cfg.absolute()  # the Datasets' tasks read the parts from other processes' working folders
         self.cfg, self.domains, self.start_epoch, self.with_ids = cfg, domains, start_epoch, with_ids
         self.train_shards = resolve_shards(cfg, domains, "train")
         for sh in self.train_shards:

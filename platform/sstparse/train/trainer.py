@@ -25,7 +25,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from sstparse import export, plots, registry, tracking
-from sstparse.config import TrackingConfig
+from sstparse.config import TrackingConfig, local_absolute
 from sstparse.data import pipeline
 from sstparse.data.augment import normalize
 from sstparse.data.preview import samples
@@ -162,22 +162,17 @@ def run_name(job: JobConfig) -> str:
     return f"{name}-smoke" if job.train.smoke_test and not job.train.name else name
 
 
-def _abs(path: str | None) -> str | None:
-    return path if path is None or "://" in path else str(Path(path).resolve())
-
-
 def absolute_paths(job: JobConfig) -> JobConfig:
     """Relative local paths are relative to where the driver runs; Ray workers run elsewhere, so resolve them here
     (shard roots, checkpoint storage, a sqlite tracking store, the artifact root)."""
     uri = job.tracking.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    data = job.data.model_copy(update={"root": _abs(job.data.root),
-                                       "roots": {k: _abs(v) for k, v in job.data.roots.items()}})
     return job.model_copy(update={
-        "data": data, "train": job.train.model_copy(update={"storage_path": _abs(job.train.storage_path)}),
-        "tracking": job.tracking.model_copy(update={"tracking_uri": uri,
-                                                    "artifact_location": _abs(job.tracking.artifact_location)})})
+        "data": job.data.absolute(),
+        "train": job.train.model_copy(update={"storage_path": local_absolute(job.train.storage_path)}),
+        "tracking": job.tracking.model_copy(update={
+            "tracking_uri": uri, "artifact_location": local_absolute(job.tracking.artifact_location)})})
 
 
 def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = None, callbacks: list | None = None,
