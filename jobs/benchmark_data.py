@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--shuffle-buffer", type=int, default=None, help="override DataConfig.shuffle_buffer")
     ap.add_argument("--block-rows", type=int, default=None, help="override DataConfig.block_rows")
     ap.add_argument("--task-rows", type=int, default=None, help="override DataConfig.task_rows")
+    ap.add_argument("--preserve-order", action="store_true", help="DataConfig.preserve_order (blocks in plan order)")
     ap.add_argument("--rounds", type=int, default=3, help="epochs of each pipeline, alternating which goes first")
     ap.add_argument("--skip-torch", action="store_true", help="only run the Ray stream")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats")
@@ -215,6 +216,7 @@ def main() -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ensure_shards(args.root, args.scale)
     extra = {k: v for k in ("shuffle_buffer", "block_rows", "task_rows") if (v := getattr(args, k)) is not None}
+    extra["preserve_order"] = args.preserve_order
     cfg = DataConfig(domain_mix=MIX, root=args.root, crop_size=args.crop, batch_size=args.batch_size, **extra)
     stream = DataStream(cfg, load_domains())
     print(f"epoch: {stream.epoch_size} images {stream.domain_counts}, batch {cfg.batch_size}, crop {cfg.crop_size}, "

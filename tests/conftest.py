@@ -50,6 +50,18 @@ def s3_server() -> Iterator[S3Server]:
         env.undo()
 
 
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A seeded fault-injecting proxy (tests/s3proxy.py) in front of the session's moto server, faults on: some
+    requests get 503 SlowDown or a dropped connection. Point a client at ``s3_proxy.url`` (or pass
+    ``s3_proxy.storage_options``); ``s3_proxy.faults`` counts what it injected. At most 10 faults (raise
+    ``max_faults`` for more): each costs the client a retry's backoff, about half a second."""
+    from tests.s3proxy import FaultProxy
+
+    with FaultProxy(s3_server.url, seed=0, probability=0.3, max_in_a_row=2, max_faults=10) as proxy:
+        yield proxy
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
     """One local Ray instance for the whole test session (never one per test: a start costs about 20 s, minutes on

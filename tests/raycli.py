@@ -168,3 +168,30 @@ def wait_job(address: str, submission_id: str, timeout: float, headers: dict | N
         assert time.time() < deadline, f"job {submission_id} still {status} after {timeout:.0f} s"
         time.sleep(2)
     return status, client.get_job_logs(submission_id)
+
+
+class MlflowServer:
+    """cluster/local/mlflow-server.sh on a free port with its state under ``folder`` (sqlite backend, artifacts
+    served): ``start()`` and ``stop()`` as many times as a test needs (a restart keeps every run)."""
+
+    SCRIPT = REPO / "cluster" / "local" / "mlflow-server.sh"
+
+    def __init__(self, folder: Path):
+        self.folder, port = folder, free_port()
+        self.url, self.log, self.artifacts = f"http://127.0.0.1:{port}", folder / "state" / "mlflow-server.log", \
+            folder / "artifacts"
+        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+                    "SSTPARSE_CLUSTER_DIR": str(folder / "state"), "MLFLOW_PORT": str(port),
+                    "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder}/mlflow.db",
+                    "MLFLOW_ARTIFACTS_DESTINATION": str(self.artifacts)}
+
+    def _script(self, verb: str, timeout: float) -> None:
+        done = subprocess.run(["bash", str(self.SCRIPT), verb], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"mlflow-server.sh {verb}: {done.stdout}{done.stderr}"
+
+    def start(self) -> None:
+        self._script("start", 420)  # the first start creates the database (migrations: minutes on a busy box)
+
+    def stop(self) -> None:
+        self._script("stop", 120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import mlflow
 
@@ -72,3 +73,35 @@ def test_reopen_run_resumes_a_closed_run(tmp_path):
     tracking.reopen_run(cfg, run)  # already running: left as it is
     tracking.end_run(cfg, run)
     assert tracking.run_status(cfg, run) == "FINISHED"
+
+
+def test_outbox_keeps_what_an_unanswering_server_did_not_take_in_order(tmp_path):
+    cfg = _cfg(tmp_path)
+    run = tracking.start_run(cfg, "outage")
+    kept: list[list[dict]] = []
+    down = cfg.model_copy(update={"tracking_uri": "http://127.0.0.1:9", "request_timeout_s": 1})  # nothing listens
+    outbox = tracking.MetricOutbox(down, run, keep=kept.append, where="there")
+    outbox.add_params({"optim": {"lr": 0.01}})
+    for epoch in (1, 2):
+        outbox.add({"train/loss": 1.0 / epoch, "nan": float("nan")}, step=epoch)
+        assert outbox.send() is False  # one quick attempt: no MLflow retries, no stall
+    assert "Connection refused" in outbox.why
+    assert [r.get("step") for r in outbox.unsent] == [None, 1, 2] and kept[-1] == outbox.unsent
+    stamps = [r["timestamp"] for r in outbox.unsent[1:]]
+
+    outbox.cfg = cfg  # the server answers again: everything goes, in order, stamped when it was logged
+    assert outbox.send() is True and outbox.unsent == [] and kept[-1] == []
+    history = tracking.client(cfg).get_metric_history(run, "train/loss")
+    assert [(m.step, m.value, m.timestamp) for m in history] == [(1, 1.0, stamps[0]), (2, 0.5, stamps[1])]
+    assert tracking.client(cfg).get_run(run).data.params == {"optim.lr": "0.01"}
+    outbox.send()
+    assert len(kept) == 3  # nothing kept and nothing to clear: the keeper is not called again
+
+
+def test_outbox_waits_a_bounded_time(tmp_path):
+    down = TrackingConfig(tracking_uri="http://127.0.0.1:9", request_timeout_s=1)
+    outbox = tracking.MetricOutbox(down, "run", [{"key": "a", "value": 1.0, "timestamp": 0, "step": 1}])
+    started = time.monotonic()
+    assert outbox.send(wait_s=2.5) is False
+    assert 2.5 <= time.monotonic() - started < 4  # tried at 0, 1 and 2.5 s, then gave up
+    assert tracking.answers(down, "run") is False

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from sstparse.config import ConfigError, TrackingConfig
-from sstparse.data.shards import SPLITS, BadRecord
+from sstparse.data.shards import SPLITS, BadRecord, StorageError
 
 
 def _domains(names: tuple[str, ...], synthetic_only: bool = False):
@@ -150,7 +150,7 @@ def predict(model_uri, domain, inputs, out, flip_tta, keep_going, batch_size, tr
     try:
         result = run_predict(model_uri, inputs, out, domain=domain, flip_tta=flip_tta, keep_going=keep_going,
                              batch_size=batch_size, tracking_uri=tracking_uri)
-    except (BadRecord, FileNotFoundError, ValueError) as err:
+    except (BadRecord, FileNotFoundError, StorageError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {len(result.written)} image(s) to {out}")
     if result.skipped:
@@ -167,7 +167,7 @@ def _predict_on_ray(model_uri, domain, inputs, out, flip_tta, batch_size, tracki
         result = predict_ray(model_uri, inputs, out, domain=domain, flip_tta=flip_tta, batch_size=batch_size,
                              concurrency=concurrency, num_gpus_per_actor=num_gpus_per_actor,
                              num_cpus_per_actor=num_cpus_per_actor, overwrite=overwrite, tracking_uri=tracking_uri)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, StorageError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(result.summary())
 
@@ -259,7 +259,7 @@ def run():
     """Entry point that turns expected user errors into one clear line instead of a traceback."""
     try:
         main(standalone_mode=False)
-    except (ConfigError, BadRecord, FileNotFoundError, KeyError, ValueError) as err:
+    except (ConfigError, BadRecord, FileNotFoundError, KeyError, StorageError, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except click.ClickException as err:

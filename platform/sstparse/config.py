@@ -134,3 +134,11 @@ class TrackingConfig(StrictModel):
                            "name (refused by default: a name is one layout, so aliases and promotion compare like "
                            "with like).")
     enabled: bool = Field(True, description="Turn tracking off entirely (quick experiments, some tests).")
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="How long a training worker waits for the tracking server to answer one request "
+                                "before it keeps the metrics for the next try (MLflow's own default, 120 s with 7 "
+                                "retries, would stall training for minutes during an outage).")
+    outage_wait_s: float = Field(
+        120.0, ge=0, description="How long the end of a job waits for a tracking server that stopped answering; "
+                                 "then the unsent metrics stay beside the checkpoints (unsent_metrics.jsonl) and the "
+                                 "job finishes without logging or registering its model (run it again to do so).")

@@ -55,7 +55,7 @@ def list_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> l
     ...) unless ``storage_options`` are given."""
     found: list[Input] = []
     for given in inputs:
-        fs, path = filesystem(given, storage_options)
+        fs, path = filesystem(given, storage_options, check=True)
         if fs.isdir(path):
             files = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_SUFFIXES))
             if not files:
@@ -148,11 +148,11 @@ def predict(model_uri: str, inputs: Sequence[str], out: str | Path, domain: str 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     items = list_inputs(inputs, storage_options)  # before loading the model: a typo fails fast
+    out_fs, out_path = filesystem(str(out), storage_options, check=True)  # and so does an unusable --out
     model = tracking.load_pyfunc_model(model_uri, tracking_uri)
     served = model.unwrap_python_model()
     head = served.head(domain)  # unknown or missing domain: an error naming the model's heads, before any work
     params = {"domain": head.name, "flip_tta": flip_tta, "batch_size": batch_size}
-    out_fs, out_path = filesystem(str(out), storage_options)
     result = PredictResult()
     with tqdm(total=len(items), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):

@@ -8,6 +8,7 @@ the driver): sqlite allows one writer, and duplicated metrics from several ranks
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform as _platform
@@ -17,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import mlflow
 from mlflow.models import ModelSignature
@@ -79,11 +80,17 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_params(cfg: TrackingConfig, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log a (nested) config as flat params. Credentials are never logged: credential-looking keys are masked at
+def param_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """A (nested) config as flat MLflow params. Credentials are never logged: credential-looking keys are masked at
     every level (``storage_options.secret``, ``...key``) and so are passwords in URLs."""
-    flat = {k: ("***" if is_secret(k) else str(v)[:6000]) for k, v in flatten(redact(dict(params))).items()}
-    c = client(cfg)
+    return {k: ("***" if is_secret(k) else str(v)[:6000]) for k, v in flatten(redact(dict(params))).items()}
+
+
+def log_params(cfg: TrackingConfig, run_id: str, params: Mapping[str, Any]) -> None:
+    _send_params(client(cfg), run_id, param_values(params))
+
+
+def _send_params(c: MlflowClient, run_id: str, flat: Mapping[str, str]) -> None:
     existing = c.get_run(run_id).data.params
     new = {k: v for k, v in flat.items() if k not in existing}  # a resumed run must not re-log (MLflow refuses)
     items = list(new.items())
@@ -91,11 +98,110 @@ def log_params(cfg: TrackingConfig, run_id: str, params: Mapping[str, Any]) -> N
         c.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
 
 
+def metric_records(metrics: Mapping[str, Any], step: int) -> list[dict[str, Any]]:
+    """The finite numbers of ``metrics`` as MLflow metric fields (key, value, timestamp, step), stamped now."""
+    now = _now_ms()
+    return [{"key": k, "value": float(v), "timestamp": now, "step": step} for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
 def log_metrics(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    finite = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and math.isfinite(v)]
-    if finite:
-        client(cfg).log_batch(run_id, metrics=finite)
+    records = metric_records(metrics, step)
+    if records:
+        client(cfg).log_batch(run_id, metrics=[mlflow.entities.Metric(**r) for r in records])
+
+
+class MetricOutbox:
+    """What one run's training logs, on its way to MLflow: a tracking server that stops answering (a restart, a
+    network cut) must neither stop nor stall training, nor lose what was logged meanwhile.
+
+    Each ``send`` makes one quick attempt per request (``cfg.request_timeout_s``, no retries of MLflow's own) and
+    keeps, in order, whatever the server did not take; the next send starts with it. ``send(wait_s)`` keeps trying
+    (backing off up to 30 s) for at most ``wait_s``: the end of a job. Values keep the time they were logged at.
+    ``unsent``: records (``{"params": {...}}`` or a metric's fields) a previous attempt could not send; a caller
+    that must survive a crash of its process keeps ``unsent`` somewhere durable after each send."""
+
+    def __init__(self, cfg: TrackingConfig, run_id: str, unsent: Iterable[dict[str, Any]] = (),
+                 keep: Callable[[list[dict[str, Any]]], None] | None = None, where: str | None = None):
+        self.cfg, self.run_id = cfg, run_id
+        self.unsent: list[dict[str, Any]] = list(unsent)
+        self.error: Exception | None = None  # the last failure, for the caller's message
+        # keep(records) after a send that leaves records unsent, and once with [] when they are all sent
+        self.keep, self.where, self._kept = keep, where, bool(self.unsent)
+
+    @property
+    def why(self) -> str:
+        """The last failure in a few words ("[Errno 111] Connection refused", "Read timed out. ...")."""
+        text = str(self.error or "")
+        return text.rsplit(": ", 1)[-1].strip("'\")") if "Caused by" in text else text[:200]
+
+    def add(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.unsent.extend(metric_records(metrics, step))
+
+    def add_params(self, params: Mapping[str, Any]) -> None:
+        self.unsent.append({"params": param_values(params)})
+
+    def send(self, wait_s: float = 0.0) -> bool:
+        """True once everything is sent; False when the server still does not answer after ``wait_s``."""
+        sent = self._try(wait_s)
+        if self.keep and (self.unsent or self._kept):
+            self.keep(list(self.unsent))
+            self._kept = bool(self.unsent)
+        return sent
+
+    def _try(self, wait_s: float) -> bool:
+        deadline, pause = time.monotonic() + wait_s, 1.0
+        while True:
+            try:
+                with _impatient(self.cfg.request_timeout_s):
+                    self._send_all()
+                self.error = None
+                return True
+            except mlflow.exceptions.MlflowException as err:  # connection refused, timeout, 5xx: all land here
+                self.error = err
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(pause, remaining))
+            pause = min(2 * pause, 30.0)
+
+    def _send_all(self) -> None:
+        c = client(self.cfg)
+        while self.unsent:
+            if "params" in self.unsent[0]:
+                _send_params(c, self.run_id, self.unsent[0]["params"])
+                del self.unsent[0]
+                continue
+            batch = list(itertools.takewhile(lambda r: "params" not in r, self.unsent[:1000]))  # MLflow's limit
+            c.log_batch(self.run_id, metrics=[mlflow.entities.Metric(**r) for r in batch])
+            del self.unsent[:len(batch)]
+
+
+@contextmanager
+def _impatient(timeout_s: float) -> Iterator[None]:
+    """MLflow's HTTP client reads its retry and timeout settings from the environment at each request: one attempt
+    with a short timeout for the calls made here, MLflow's defaults (7 retries, 120 s) for everything else."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s)))}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        _put_back(before)
+
+
+def _put_back(environment: Mapping[str, str | None]) -> None:
+    for k, v in environment.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def answers(cfg: TrackingConfig, run_id: str, wait_s: float = 0.0) -> bool:
+    """Whether the tracking server answers for ``run_id`` within ``wait_s`` (quick attempts, backing off). An
+    empty params record costs one request (the run's params are read to leave existing ones alone)."""
+    return MetricOutbox(cfg, run_id, [{"params": {}}]).send(wait_s)
 
 
 def _now_ms() -> int:
@@ -197,11 +303,7 @@ def _store(uri: str) -> Iterator[None]:
     finally:
         mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])  # None unsets it
         mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_back(before)
 
 
 def set_alias(cfg: TrackingConfig, name: str, alias: str, version: str) -> None:

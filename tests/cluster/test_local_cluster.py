@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +151,63 @@ def test_a_taken_port_is_named_before_anything_starts(cluster_env, tmp_path, tak
     assert f"port in use: {taken}={env[taken]}" in head.stderr, head.stderr
     assert not (tmp_path / "state" / "ray-head.pid").exists()
     assert script("ray-head.sh", "status", env).returncode == 1
+
+
+def kill_node(state: Path) -> float:
+    """SIGKILL every process the second node's `ray start` started (its raylet, agents and workers share the
+    session ray-worker.sh gave it), as a preempted machine vanishes: nothing is drained, nothing says goodbye."""
+    pid = int((state / "ray-worker.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.5)
+    return time.monotonic()
+
+
+def test_training_survives_losing_its_node(cluster_env, tiny_shards, tmp_path):
+    """Node loss as a preemption looks: a training job whose only Ray Train worker runs on the second node (the
+    head has no CPU), that node killed by pid mid-run after its second checkpoint, a node started again a little
+    later. The job finishes its planned epochs from the last checkpoint, in the same MLflow run."""
+    env, address = cluster_env
+    store, results = tmp_path / "mlruns.db", tmp_path / "ray_results"
+    env = {**env, "RAY_HEAD_CPUS": "0", "RAY_WORKER_CPUS": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    for name in ("ray-head.sh", "ray-worker.sh"):
+        started = script(name, "start", env)
+        assert started.returncode == 0, started.stdout + started.stderr
+    entry = ["python", "jobs/train.py", "--config", "jobs/configs/universal.yaml", "--smoke-test",
+             f"data.root={tiny_shards}", f"train.storage_path={results}", "train.name=preempted",
+             "train.epochs=4", "train.max_failures=3"]
+    submitted = submit(address, {**env, "RAY_AUTH_MODE": "token"}, "preempted", entry, working_dir=str(REPO))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+    # A checkpoint counts once the Train controller has registered it, a moment after the worker uploaded it (a
+    # node lost in between costs that epoch again): kill once the second is there, so the first surely counts.
+    folder = results / "preempted"
+    wait_for(lambda: len(list(folder.glob("checkpoint_*/meta.json"))) >= 2, 400, "two checkpoints")
+    killed = kill_node(tmp_path / "state")
+    time.sleep(10)  # the node stays away a while, as a replacement machine takes time to join
+    back = script("ray-worker.sh", "start", env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    rejoined = time.monotonic()
+
+    token = (tmp_path / "state" / "auth_token").read_text()
+    status, logs = wait_job(address, "preempted", timeout=600, headers={"Authorization": f"Bearer {token}"})
+    finished = time.monotonic()
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert "[restore] resuming after epoch" in logs, logs[-5000:]
+    assert "registered sst-universal-smoke version 1" in logs
+
+    from sstparse.config import TrackingConfig
+    from sstparse.tracking import client, find_runs
+
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{store}")
+    runs = find_runs(cfg, "attributes.run_name = 'preempted'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client(cfg).get_metric_history(runs[0].info.run_id, "train/loss")})
+    assert steps == [1, 2, 3, 4]
+    print(f"\nnode killed -> a node rejoined {rejoined - killed:.0f} s -> job done {finished - rejoined:.0f} s")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.raycli import BIN, REPO, free_port
+from tests.raycli import BIN, REPO, MlflowServer, free_port
 
 WRITERS, STEPS = 4, 200
 SCRIPT = REPO / "cluster" / "local" / "mlflow-server.sh"
@@ -21,18 +21,12 @@ WRITER = Path(__file__).with_name("mlflow_writer.py")
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    state = tmp_path / "state"
-    port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "SSTPARSE_CLUSTER_DIR": str(state),
-           "MLFLOW_PORT": str(port), "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
-    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=420)
+    server = MlflowServer(tmp_path)
+    server.start()
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"http://127.0.0.1:{port}", state / "mlflow-server.log", tmp_path / "artifacts"
+        yield server.url, server.log, server.artifacts
     finally:
-        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        server.stop()
 
 
 def test_concurrent_writers_lose_no_metric(mlflow_server, tmp_path):

@@ -1,6 +1,7 @@
-"""S3 end to end on the moto server, as a cluster runs it: shards on S3 -> training with train.storage_path on S3 ->
-checkpoints on S3 -> the same job again with more epochs resumes from S3 into the same MLflow run -> the run's
-artifacts (pictures, checkpoint meta, the pyfunc model) land on S3 and the model loads back from there.
+"""S3 end to end on the moto server, as a cluster runs it: shards on S3, read through a fault-injecting proxy ->
+training with train.storage_path on S3 -> checkpoints on S3 -> the same job again with more epochs resumes from S3
+into the same MLflow run -> the run's artifacts (pictures, checkpoint meta, the pyfunc model) land on S3 and the
+model loads back from there.
 
 The S3 endpoint and credentials come from the environment, which every Ray process inherited (tests/conftest.py
 ``s3_server`` runs before ``ray_session``), as on a cluster where a Kubernetes Secret puts them on every node.
@@ -61,15 +62,17 @@ def ray_session_logs() -> str:
     return "\n".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
 
 
-def test_s3_train_resume_and_artifacts_without_leaking_credentials(ray_session, s3_server, tmp_path, monkeypatch,
-                                                                    capfd):
+def test_s3_train_resume_and_artifacts_without_leaking_credentials(ray_session, s3_server, s3_proxy, tmp_path,
+                                                                    monkeypatch, capfd):
     base = f"s3://{s3_server.bucket}/e2e"
     domains = load_domains()
     generate(f"{base}/shards", [domains[d] for d in DOMAINS], seed=0, scale=0.02, rows_per_part=16,
              progress=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)  # moto takes any key: these stand for real ones
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-    options = {**s3_server.storage_options, "key": FAKE_KEY_ID, "secret": FAKE_SECRET}
+    # The shards are read through the fault-injecting proxy (503 SlowDown, dropped connections): by the driver, the
+    # Ray Data read tasks and the pictures of the best checkpoint.
+    options = {**s3_proxy.storage_options, "key": FAKE_KEY_ID, "secret": FAKE_SECRET}
 
     # First submission: one epoch, then "interrupted" (no model logged, the MLflow run left open).
     first = fit(job_for(base, tmp_path, 1, options), log_model=False)
@@ -90,6 +93,7 @@ def test_s3_train_resume_and_artifacts_without_leaking_credentials(ray_session, 
     run = client.get_run(second.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mean_miou")] == [1, 2]
+    assert s3_proxy.total_faults > 0  # the reads above went through injected faults and lost nothing
 
     # Artifacts on S3, and the model loads back from there.
     assert run.info.artifact_uri.startswith(f"{base}/mlflow/")

@@ -14,7 +14,8 @@ import torch
 from sstparse.config import ConfigError, validate
 from sstparse.data.config import DataConfig
 from sstparse.data.generate import generate
-from sstparse.data.pipeline import DataStream, bad_records, epoch_counts, iter_train_batches, iter_val_batches
+from sstparse.data.pipeline import (PLAN, DataStream, _read_plan, bad_records, epoch_counts, iter_train_batches,
+                                    iter_val_batches, task_fractions)
 from sstparse.domains import load_domains
 from tests.data.fixtures import crafted_root
 
@@ -32,7 +33,8 @@ def root(tmp_path_factory) -> str:
 
 
 def cfg_for(root: str, mix: dict, **kw) -> DataConfig:
-    return DataConfig(domain_mix=mix, root=root, crop_size=64, batch_size=8, block_rows=8, task_rows=48, **kw)
+    return DataConfig(**{"domain_mix": mix, "root": root, "crop_size": 64, "batch_size": 8, "block_rows": 8,
+                         "task_rows": 48, **kw})
 
 
 def ids_of(root: str, name: str, split: str) -> list[str]:
@@ -41,9 +43,14 @@ def ids_of(root: str, name: str, split: str) -> list[str]:
 
 def plan_ids(stream: DataStream, epoch: int) -> collections.Counter:
     """The sample ids an epoch must deliver, as a multiset, from the plan and the parts' sample_id columns."""
+    return collections.Counter(planned_ids(stream, epoch))
+
+
+def planned_ids(stream: DataStream, epoch: int) -> list[str]:
+    """The sample ids of an epoch's plan, in plan order (task after task)."""
     ids = {(s.info.index, p): pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()
            for s in stream.train_shards for p, path in enumerate(s.paths)}
-    return collections.Counter(ids[(int(d), int(p))][r] for d, p, r, _ in stream.epoch_plan(epoch))
+    return [ids[(int(d), int(p))][r] for d, p, r, _ in stream.epoch_plan(epoch)]
 
 
 def one_epoch(data, cfg) -> list[dict]:
@@ -257,3 +264,26 @@ def test_stream_reads_s3_root(ray_session, s3_server):
     stream = DataStream(cfg, DOMAINS)
     assert sum(len(b["domain"]) for b in one_epoch(stream.train_dataset(), cfg)) == 10
     assert sum(len(b["label"]) for b in iter_val_batches(stream.val_datasets()["syn_ppp"])) == 2
+
+
+
+def test_a_small_epoch_plans_empty_tail_tasks_that_read_nothing():
+    # 16 samples in tasks of 4: the last task is cut into 1/2, 1/4, 1/8, 1/8 of 4 rows, and the 1/8s round to none
+    fractions = task_fractions(16, 4)
+    assert len(fractions) == 7 and min(np.round(fractions * 16)) == 0
+    assert list(_read_plan(np.empty(0, PLAN), {}, {}, {}, block_rows=4, epoch=0)) == []
+
+
+@pytest.mark.ray
+def test_preserve_order_delivers_the_plan_in_order(ray_session, root):
+    # Thirteen read tasks racing on the session's CPUs: without preserve_order blocks come as tasks finish (in
+    # plan order in about half the epochs here); with it, in plan order, every epoch, so the same job and seed see
+    # the same batches.
+    for preserve, epochs in ((True, 3), (False, 1)):
+        cfg = cfg_for(root, {"syn_lip": 1, "syn_atr": 1}, epoch_size=80, task_rows=8, preserve_order=preserve)
+        stream = DataStream(cfg, DOMAINS, with_ids=True)
+        ds = stream.train_dataset()
+        for epoch in range(epochs):
+            seen = [str(s) for b in one_epoch(ds, cfg) for s in b["sample_id"]]
+            planned = planned_ids(stream, epoch)
+            assert (seen == planned) if preserve else (sorted(seen) == sorted(planned)), (preserve, epoch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,13 @@ def test_resume_with_a_changed_network_is_refused_naming_the_fields(tmp_path):
     assert message.startswith(str(tmp_path / "run" / "checkpoint_2026-01-01_00-00-00.000000"))
     assert "model.backbone: 'tiny' -> 'resnet18'" in message and "sst.embed_dim: 16 -> 8" in message
     assert "heads" not in message and "another train.name" in message
+
+
+def test_unsent_metrics_file_round_trip_and_removal(tmp_path):
+    path = checkpoints.unsent_path(str(tmp_path), "run")
+    assert path == str(tmp_path / "run" / checkpoints.UNSENT_FILE) and checkpoints.read_unsent(path) == []
+    records = [{"params": {"a": "1"}}, {"key": "train/loss", "value": 0.5, "timestamp": 7, "step": 2}]
+    checkpoints.write_unsent(path, records)
+    assert checkpoints.read_unsent(path) == records and not Path(path + ".tmp").exists()
+    checkpoints.write_unsent(path, [])
+    assert not Path(path).exists()

@@ -4,6 +4,7 @@ Tuner.restore, MLflow parent/child runs, and the registered model."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -19,17 +20,24 @@ pytestmark = pytest.mark.ray
 
 
 class InterruptOnce(ray.tune.Callback):
-    """Records trial starts and sends Ctrl-C to the sweep driver when the first trial finishes.
+    """Records trial starts and sends Ctrl-C to the sweep driver when the first trial finishes; when the third trial
+    starts, damages the shard parts its training reads (their bytes no longer match the manifest), so that trial
+    raises once its MLflow run is open.
 
     State lives in files: Tuner.restore brings back the RunConfig's callbacks (a copy of this object), so the
     restored sweep must see that the interruption already happened."""
 
-    def __init__(self, folder: Path):
-        self.started, self.done = folder / "started.txt", folder / "interrupted"
+    def __init__(self, folder: Path, parts: list[Path]):
+        self.started, self.done, self.parts = folder / "started.txt", folder / "interrupted", parts
 
     def on_trial_start(self, iteration, trials, trial, **info):
         with self.started.open("a") as f:
             f.write(trial.trial_id + "\n")
+        if len(set(self.started.read_text().split())) == 3:
+            for part in self.parts:
+                data = bytearray(part.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                part.write_bytes(bytes(data))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.done.exists():
@@ -38,7 +46,9 @@ class InterruptOnce(ray.tune.Callback):
 
 
 def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_session, tiny_shards, tmp_path):
-    job = tiny_job(tiny_shards, tmp_path, tracking={"register_as": "sst-test-sweep"}, train={"epochs": 2})
+    shards = tmp_path / "shards"  # a copy: the third trial's part is damaged on purpose
+    shutil.copytree(tiny_shards, shards)
+    job = tiny_job(str(shards), tmp_path, tracking={"register_as": "sst-test-sweep"}, train={"epochs": 2})
     sweep = SweepConfig.model_validate({
         "job": "unused.yaml", "name": "tiny-sweep", "storage_path": str(tmp_path / "sweeps"),
         "space": {"lambda_mst": {"low": 0.01, "high": 1.0, "log": True}, "lr": {"fixed": 0.003},
@@ -46,7 +56,7 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
         "search": {"num_samples": 3, "max_concurrent": 1, "n_startup_trials": 2},
         "scheduler": {"kind": "asha", "grace_period": 1}})
 
-    recorder = InterruptOnce(tmp_path)
+    recorder = InterruptOnce(tmp_path, sorted((shards / "syn_lip" / "train").glob("*.parquet")))
     interrupted = run_sweep(sweep, job, callbacks=[recorder])
     assert interrupted.interrupted and interrupted.registered_version is None
     assert tracking.run_status(job.tracking, interrupted.parent_run_id) == "RUNNING"  # the resumed sweep closes it
@@ -56,7 +66,12 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     started = recorder.started.read_text().split()
     assert sorted(set(started)) == sorted(r["trial_id"] for r in result.rows)
     assert started.count(started[0]) == 1, "the trial finished before the interruption must not run again"
-    assert 3 <= result.trial_epochs <= 6  # ASHA may stop a trial after its first epoch
+    # The third trial raised (a damaged part, named); the sweep went on without it.
+    by_id, order = {r["trial_id"]: r for r in result.rows}, list(dict.fromkeys(started))
+    failed = by_id[order[2]]
+    assert failed["status"] == "error" and failed["epochs"] == 0
+    assert all(by_id[t]["status"] != "error" for t in order[:2])
+    assert 3 <= result.trial_epochs <= 4  # ASHA may stop the second trial after its first epoch
     for r in result.rows:
         assert {k for k in r if k.startswith("mix.")} == {f"mix.{d}" for d in job.domain_names}
         assert 0.01 <= r["lambda_mst"] <= 1.0
@@ -64,7 +79,9 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     # MLflow: one parent, one child per trial named after the trial id, all closed.
     children = tracking.find_runs(job.tracking, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(c.info.run_name for c in children) == sorted(r["trial_id"] for r in result.rows)
-    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status.pop(failed["trial_id"]) == "FAILED"
+    assert all(s in ("FINISHED", "KILLED") for s in status.values())
     assert all(c.data.params["optim.lr"] == "0.003" for c in children)
     parent = tracking.client(job.tracking).get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials"] == 3
@@ -77,3 +94,29 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     version = tracking.get_alias(job.tracking, "sst-test-sweep", "champion")
     assert result.best is best and str(version.version) == result.registered_version
     assert version.run_id == best["run_id"] and version.tags["source_run"] == best["run_id"]
+
+
+def test_asha_on_the_jobs_objective_stops_poor_trials(ray_session, tmp_path):
+    """The sweep's TuneConfig (ASHA on epochs, ranking by the job's objective) on trials that report a known score:
+    each trial's objective grows with its learning rate, so ASHA must stop some low-rate trials at a rung while
+    the best trial runs every epoch."""
+    from sstparse.tune.sweep import param_space, tune_config
+
+    job = tiny_job("/shards", tmp_path, train={"epochs": 4})
+    sweep = SweepConfig.model_validate({
+        "job": "unused.yaml", "space": {"lr": {"low": 0.001, "high": 0.1, "log": True}},
+        "search": {"num_samples": 6, "max_concurrent": 1, "n_startup_trials": 6},
+        "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2}})
+    objective = job.objective
+
+    def trial(config):
+        for epoch in range(1, job.train.epochs + 1):
+            ray.tune.report({"epoch": epoch, objective: config["lr"] * epoch})
+
+    grid = ray.tune.Tuner(trial, param_space=param_space(sweep, job), tune_config=tune_config(sweep, job),
+                          run_config=ray.tune.RunConfig(storage_path=str(tmp_path / "asha"))).fit()
+    epochs = {r.config["lr"]: int(r.metrics["epoch"]) for r in grid}
+    assert len(epochs) == 6 and not grid.errors
+    assert epochs[max(epochs)] == job.train.epochs
+    stopped = [lr for lr, e in epochs.items() if e < job.train.epochs]
+    assert stopped and max(stopped) < max(epochs)

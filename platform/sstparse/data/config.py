@@ -65,6 +65,12 @@ class DataConfig(StrictModel):
         description="A record that fails to decode or check at read time: `error` stops with a message naming "
                     "it; `skip` drops it, counts it and reports it (DataStream.bad_records(), pipeline.bad_records()).")
     seed: int = Field(0, ge=0, description="Seed of the epoch plans and of every sample's augmentation.")
+    preserve_order: bool = Field(
+        False,
+        description="Blocks leave the stream in plan order (Ray Data's preserve_order) instead of as their tasks "
+                    "finish: the same job and seed then train on the same batches, and with one training worker "
+                    "give identical weights (with several, Ray Data's split hands each block to whichever worker "
+                    "asks first). Costs a task that finishes early waiting for its elders (README: determinism).")
 
     @field_validator("domain_mix")
     @classmethod

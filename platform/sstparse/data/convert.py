@@ -241,8 +241,9 @@ def _layout_for(dataset: str, domains: Mapping[str, LabelDomain]) -> tuple[Label
 
 def _drop_manifest(out: str, domain: str, storage_options: dict | None) -> None:
     # The manifest is the commit marker, written last: remove the old one first so a conversion that fails
-    # half-way leaves no manifest pointing at parts it has already overwritten.
-    fs, base = filesystem(out, storage_options)
+    # half-way leaves no manifest pointing at parts it has already overwritten. The first request to ``out``:
+    # check it, so that a wrong endpoint, key or bucket is one clear error (and no bucket gets created).
+    fs, base = filesystem(out, storage_options, check=True)
     path = posixpath.join(base, domain, MANIFEST)
     if fs.exists(path):
         fs.rm(path)

@@ -194,6 +194,8 @@ def _read_part(path: str, sha256: str, storage_options: dict) -> pa.Table:
 def _read_plan(plan: np.ndarray, paths: dict[int, tuple[str, ...]], sha256: dict[int, tuple[str, ...]],
                storage_options: dict, block_rows: int, epoch: int) -> Iterator[pa.Table]:
     """Read task body: load the parts this plan touches, then yield its rows in plan order, ``block_rows`` at a time."""
+    if not len(plan):  # a tail task of a small epoch (task_fractions) can round to no sample of any domain
+        return
     keys, inverse = np.unique(plan["domain"].astype(np.int64) << 32 | plan["part"], return_inverse=True)
     tables = [_read_part(paths[d][p], sha256[d][p], storage_options)
               for d, p in ((int(k >> 32), int(k & 0xFFFFFFFF)) for k in keys)]
@@ -437,6 +439,7 @@ class DataStream:
         # image + uint8 label, plus the domain column) makes every yielded chunk its own block, streamed as soon as
         # it is made. (This is the Dataset's own sealed context; nothing global changes.)
         ds.context.target_max_block_size = rows * (self.cfg.crop_size ** 2 * (3 + 1) + 8)
+        ds.context.execution_options.preserve_order = self.cfg.preserve_order
         return ds
 
     def val_datasets(self) -> dict[str, Dataset]:

@@ -6,7 +6,9 @@ Layout::
     <root>/<domain>/manifest.json                  counts, class pixel histograms, checksums, skipped records
 
 ``root`` is a local path or ``s3://bucket/prefix``; fsspec (s3fs) resolves it, with credentials and endpoint from
-the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) or explicit ``storage_options``.
+the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) or explicit ``storage_options``, and botocore's standard
+retries (:func:`s3_options`). Entry points check a root first (``filesystem(..., check=True)``): storage that
+cannot be used is one :class:`StorageError` naming the URL.
 
 Every record is validated on the way in (:func:`validate_record`); a bad one raises :class:`BadRecord` naming its
 source, and callers either stop or skip-and-list it in the manifest. Writing is idempotent: a re-run rewrites the
@@ -18,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import fsspec
 import numpy as np
@@ -54,10 +58,97 @@ class BadRecord(ValueError):
         self.source, self.reason = source, reason
 
 
-def filesystem(root: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(fs, path-without-scheme) for a local path or URL such as s3://bucket/prefix."""
+class StorageError(OSError):
+    """Remote storage cannot be used at all: its endpoint does not answer, it refuses the credentials, or the
+    bucket does not exist. The message names the URL (and the endpoint); a subclass of the matching built-in."""
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    pass
+
+
+class StorageDenied(StorageError, PermissionError):
+    pass
+
+
+class StorageUnreachable(StorageError, ConnectionError):
+    pass
+
+
+def s3_options(storage_options: dict | None = None) -> dict:
+    """``storage_options`` for s3fs with the platform's defaults under the caller's ``config_kwargs``.
+
+    botocore's "standard" retry mode retries throttling (503 SlowDown), 500/502/503/504 and connection errors
+    (refused, dropped, timed out) with capped, jittered exponential backoff, behind a retry quota that stops a
+    client hammering an endpoint that is down. s3fs retries SlowDown and dropped connections again, up to 5
+    times, around that (``S3FileSystem.retries``), but not a refused connection: 4 attempts bound how long an
+    unreachable endpoint takes to report (about 4 s, at most 7 s of backoff). AWS_RETRY_MODE or AWS_MAX_ATTEMPTS
+    in the environment hand the retry policy back to botocore's own resolution."""
+    options = dict(storage_options or {})
+    config: dict[str, Any] = {"connect_timeout": 3}  # s3fs's default is 5 s per attempt
+    if not {"AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"} & os.environ.keys():
+        config["retries"] = {"mode": "standard", "total_max_attempts": 4}
+    options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+    return options
+
+
+def filesystem(root: str, storage_options: dict | None = None,
+               check: bool = False) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fs, path-without-scheme) for a local path or URL such as s3://bucket/prefix.
+
+    ``check``: make sure an s3:// root's bucket answers (one LIST request), so that a wrong endpoint, key or bucket
+    stops an entry point with one :class:`StorageError` naming ``root``, instead of a botocore traceback, an
+    empty listing or a bucket created by a write."""
+    if fsspec.core.split_protocol(root)[0] in ("s3", "s3a"):
+        storage_options = s3_options(storage_options)
     fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    return fs, path.rstrip("/")
+    path = path.rstrip("/")
+    if check and _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+        with storage_errors(root, fs):
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+    return fs, path
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in fs.protocol
+
+
+@contextmanager
+def storage_errors(url: str, fs: fsspec.AbstractFileSystem) -> Iterator[None]:
+    """Re-raise an S3 failure inside the block (after s3fs and botocore gave up retrying) as a
+    :class:`StorageError` naming ``url``; anything else, and any failure of another filesystem, as it is."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        translated = _storage_error(url, fs, err) if _is_s3(fs) else None
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _storage_error(url: str, fs: Any, err: Exception) -> StorageError | None:
+    import botocore.exceptions as boto
+
+    try:
+        endpoint = fs.s3.meta.endpoint_url
+    except Exception:  # the client itself could not be made: name what was asked for
+        endpoint = fs.client_kwargs.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or "(AWS default)"
+    # s3fs turns S3 error responses into OSErrors and keeps the botocore ClientError (and its code) as the cause.
+    cause = err.__cause__ if isinstance(err.__cause__, boto.ClientError) else err
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code")
+    if isinstance(err, (boto.ConnectionError, boto.HTTPClientError)):  # refused, timed out, dropped every time
+        return StorageUnreachable(f"{url}: cannot reach the S3 endpoint {endpoint} ({err})")
+    if isinstance(err, PermissionError):
+        return StorageDenied(f"{url}: the S3 endpoint {endpoint} denies access ({code}: {err}); check the "
+                             "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or storage_options key/secret) "
+                             "and that they may read and list this prefix")
+    if isinstance(err, FileNotFoundError) and code == "NoSuchBucket":
+        return StorageNotFound(f"{url}: bucket {fs.split_path(url)[0]!r} does not exist at the S3 endpoint "
+                               f"{endpoint}")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -267,15 +358,16 @@ def write_manifest(root: str, manifest: dict[str, Any], storage_options: dict | 
 def read_manifest(root: str, domain: str, storage_options: dict | None = None) -> dict[str, Any]:
     fs, base = filesystem(root, storage_options)
     path = posixpath.join(base, domain, MANIFEST)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{root}: no manifest for domain {domain!r} (expected {path})")
-    with fs.open(path, "r") as f:
-        return json.load(f)
+    with storage_errors(root, fs):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{root}: no manifest for domain {domain!r} (expected {path})")
+        with fs.open(path, "r") as f:
+            return json.load(f)
 
 
 def list_domains(root: str, storage_options: dict | None = None) -> list[str]:
     """Domains under ``root`` that have a manifest."""
-    fs, base = filesystem(root, storage_options)
+    fs, base = filesystem(root, storage_options, check=True)  # a missing bucket is an error, not "no domains"
     return sorted(posixpath.basename(posixpath.dirname(p)) for p in fs.glob(posixpath.join(base, "*", MANIFEST)))
 
 
@@ -291,8 +383,9 @@ def verify(root: str, domain: str, storage_options: dict | None = None) -> list[
     """Re-hash every part listed in the manifest; returns a list of problems (empty when all match)."""
     fs, base = filesystem(root, storage_options)
     problems = []
-    for split in read_manifest(root, domain, storage_options)["splits"].values():
-        for p in split["parts"]:
+    parts = [p for split in read_manifest(root, domain, storage_options)["splits"].values() for p in split["parts"]]
+    with storage_errors(root, fs):
+        for p in parts:
             path = posixpath.join(base, domain, p["file"])
             if not fs.exists(path):
                 problems.append(f"{path}: missing")

@@ -164,9 +164,12 @@ def build_backbone(name: str, output_stride: int = 16, weights: str | None = Non
 def _read_state_dict(path: str, storage_options: Mapping | None = None) -> Mapping[str, Tensor]:
     # weights_only=True: a checkpoint is user-supplied data and must never execute code.
     if "://" in path:
-        import fsspec  # s3:// goes through s3fs; credentials (and AWS_ENDPOINT_URL) come from the environment
+        # s3:// goes through s3fs with the platform's retry policy; credentials (and AWS_ENDPOINT_URL) come from
+        # the environment.
+        from sstparse.data.shards import filesystem
 
-        with fsspec.open(path, "rb", **dict(storage_options or {})) as f:
+        fs, inner = filesystem(path, dict(storage_options or {}))
+        with fs.open(inner, "rb") as f:
             blob = io.BytesIO(f.read())
         obj = torch.load(blob, map_location="cpu", weights_only=True)
     else:

@@ -23,12 +23,14 @@ import fsspec
 import numpy as np
 import torch
 
+from sstparse.data.shards import filesystem
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.model.sst import SSTModel, build_sst_model
 from sstparse.redact import redact
 from sstparse.train.config import JobConfig
 
 STATE_FILE, META_FILE, EVAL_FILE = "state.pt", "meta.json", "eval.npz"
+UNSENT_FILE = "unsent_metrics.jsonl"  # in the run's folder, beside its checkpoints
 
 
 class CheckpointError(ValueError):
@@ -89,6 +91,40 @@ def latest(fs, folder: str) -> str | None:
     name order is age order), or None."""
     metas = sorted(fs.glob(posixpath.join(folder, "checkpoint_*", META_FILE)))
     return posixpath.dirname(metas[-1]) if metas else None
+
+
+def storage_filesystem(path: str):
+    """(fsspec filesystem, bare path) for a run's storage (local or a bucket). No listings cache: Ray Train workers
+    add checkpoint folders behind the driver's back, and a listing cached earlier (while a resumed run was restored)
+    made the driver's filesystem report the new best checkpoint as missing."""
+    return filesystem(path, {"use_listings_cache": False} if "://" in path else None)
+
+
+def unsent_path(storage_path: str, name: str) -> str:
+    """Where run ``name`` keeps the metrics MLflow has not taken yet: beside its checkpoints."""
+    return posixpath.join(storage_path.rstrip("/"), name, UNSENT_FILE)
+
+
+def read_unsent(url: str) -> list[dict[str, Any]]:
+    fs, path = storage_filesystem(url)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "r") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_unsent(url: str, records: list[dict[str, Any]]) -> None:
+    """Replace the file with ``records`` (none: remove it). Written aside, then moved: a crash mid-write leaves the
+    previous file, never half a line."""
+    fs, path = storage_filesystem(url)
+    if not records:
+        if fs.exists(path):
+            fs.rm(path)
+        return
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path + ".tmp", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    fs.mv(path + ".tmp", path)
 
 
 def job_differences(saved: JobConfig, job: JobConfig) -> list[str]:

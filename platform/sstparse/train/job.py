@@ -69,6 +69,9 @@ def format_result(result: FitResult) -> str:
     if result.registered_version:
         lines.append(f"registered {result.job.registered_name} version {result.registered_version} "
                      f"(MLflow run {result.run_id})")
+    if result.unsent_metrics:
+        lines.append(f"MLflow did not answer: the values it did not take are in {result.unsent_metrics}; nothing "
+                     f"was registered (run the same job again once it answers)")
     if result.skipped_records:
         lines.append(f"skipped {result.skipped_records} bad record(s) (on_bad_record: skip; listed in the run's "
                      f"data/skipped_records.csv)")

@@ -58,9 +58,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None
     start_epoch, restored = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
 
     run_id = config.get("mlflow_run_id") if job.tracking.enabled and rank == 0 else None
-    if run_id and not restored:
-        tracking.log_params(job.tracking, run_id, {**job.model_dump(mode="json"), "domains": job.domain_names,
-                                                   "world_size": ctx.get_world_size()})
+    outbox = tracked_outbox(job, run_id, config.get("unsent_path")) if run_id else None
+    if outbox and not restored:
+        outbox.add_params({**job.model_dump(mode="json"), "domains": job.domain_names,
+                           "world_size": ctx.get_world_size()})
+        send_tracked(outbox)
     train_shard = ray.train.get_dataset_shard("train")
     history = []  # rank 0 returns it: Result.return_value, the driver's FitResult.history
     for epoch in range(start_epoch, job.train.epochs):
@@ -74,11 +76,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None
             metrics["time/elapsed_s"] = time.time() - config["started_at"]
         if rank == 0:
             print(epoch_line(metrics, job.train.epochs), flush=True)
-        if run_id:
-            tracking.log_metrics(job.tracking, run_id, metrics, step=epoch + 1)
+        if outbox:
+            outbox.add(metrics, step=epoch + 1)
+            send_tracked(outbox)
         report(metrics, model, optimizer, scheduler, job, epoch, matrices, run_id, rank, validated)
         history.append({k: v for k, v in metrics.items() if "/iou/" not in k})
+    if outbox:  # the end waits a while for a server that is away (a resumed, finished run sends what it kept)
+        send_tracked(outbox, job.tracking.outage_wait_s)
     return history if rank == 0 else None
+
+
+def tracked_outbox(job: JobConfig, run_id: str, unsent_path: str | None) -> tracking.MetricOutbox:
+    """Rank 0's way to MLflow: what the server does not take is kept in the run's folder (``unsent_path``, beside
+    the checkpoints) until it does, so neither an outage nor a crash of this worker during one loses a value; a
+    restarted or resumed run starts with what the file holds."""
+    kept = checkpoints.read_unsent(unsent_path) if unsent_path else []
+    keep = (lambda records: checkpoints.write_unsent(unsent_path, records)) if unsent_path else None
+    return tracking.MetricOutbox(job.tracking, run_id, kept, keep=keep, where=unsent_path)
+
+
+def send_tracked(outbox: tracking.MetricOutbox, wait_s: float = 0.0) -> None:
+    if not outbox.send(wait_s):
+        then = f"after waiting {wait_s:.0f} s" if wait_s else "sent with the next epoch's"
+        print(f"[tracking] {outbox.cfg.tracking_uri} did not answer ({outbox.why}): "
+              f"{len(outbox.unsent)} value(s) kept in {outbox.where or 'memory'}, {then}", flush=True)
 
 
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:

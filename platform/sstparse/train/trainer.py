@@ -29,13 +29,14 @@ from sstparse.config import TrackingConfig, local_absolute
 from sstparse.data import pipeline
 from sstparse.data.augment import normalize
 from sstparse.data.preview import samples
-from sstparse.data.shards import filesystem, read_manifest
+from sstparse.data.shards import read_manifest
 from sstparse.data.synth import true_association
 from sstparse.domains import load_domains
 from sstparse.model.sst import inference_model
 from sstparse.promote import CHALLENGER, settle_new_version
 from sstparse.train.config import JobConfig
 from sstparse.train import checkpoints
+from sstparse.train.checkpoints import storage_filesystem
 from sstparse.train.loop import train_loop_per_worker
 
 
@@ -50,17 +51,12 @@ class FitResult:
     skipped_records: int = 0       # distinct records dropped under on_bad_record: skip (listed in the run)
     # The metrics of every epoch this attempt ran (a worker-group restart or a resume starts it afresh).
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Set when MLflow did not answer at the end: the file (beside the checkpoints) holding what it did not take
+    unsent_metrics: str | None = None
 
 
 def storage(job: JobConfig) -> tuple[pafs.FileSystem | None, str]:
     return storage_at(job.train.storage_path)
-
-
-def storage_filesystem(path: str):
-    """(fsspec filesystem, bare path) for checkpoint storage. No listings cache: Ray Train workers add checkpoint
-    folders behind the driver's back, and a listing cached earlier (while a resumed run was restored) made the
-    driver's filesystem report the new best checkpoint as missing."""
-    return filesystem(path, {"use_listings_cache": False} if "://" in path else None)
 
 
 def storage_at(path: str) -> tuple[pafs.FileSystem | None, str]:
@@ -138,10 +134,14 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
     steps = max(1, stream.epoch_size // (world * data.batch_size))
     fs, path = storage(job)
     resources = {"CPU": job.train.cpus_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}
+    # Ray Train replaces each dataset's execution options with the driver's defaults unless told otherwise.
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = data.preserve_order
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "mlflow_run_id": run_id, "steps_per_epoch": steps,
-                           "started_at": time.time()},
+                           "started_at": time.time(),
+                           "unsent_path": checkpoints.unsent_path(job.train.storage_path, name)},
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=job.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -151,7 +151,7 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
                                                          checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if job.train.verbose else "WARNING")),
-        datasets=datasets,
+        datasets=datasets, dataset_config=ray.train.DataConfig(execution_options={"train": ingest}),
     )
 
 
@@ -198,17 +198,45 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
         if run_id:
             tracking.end_run(job.tracking, run_id, "FAILED")
         raise
+    best = _best_checkpoint(result, job.objective)
+    unsent = tracking_outage(job, name, run_id, best.path)
     skipped = stream.bad_records()
     if skipped:
-        report_skipped(job, run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
-    best = _best_checkpoint(result, job.objective)
+        report_skipped(job, None if unsent else run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
     history = list(result.return_value or [])
     with best.as_directory() as d:
         version = (finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path, history=history)
-                   if log_model else None)
+                   if log_model and not unsent else None)
         meta = checkpoints.read_meta(Path(d))
     return FitResult(job, meta["metrics"], dict(result.metrics or {}), best.path, run_id, version,
-                     len({r["source"] for r in skipped}), history)
+                     len({r["source"] for r in skipped}), history, unsent)
+
+
+def send_kept(cfg: TrackingConfig, run_id: str, path: str) -> list[dict[str, Any]]:
+    """Send the values a run kept at ``path`` while MLflow was away; returns what is still unsent (and kept)."""
+    kept = checkpoints.read_unsent(path)
+    if not kept:
+        return []
+    outbox = tracking.MetricOutbox(cfg, run_id, kept, keep=lambda records: checkpoints.write_unsent(path, records))
+    outbox.send()
+    return outbox.unsent
+
+
+def tracking_outage(job: JobConfig, name: str, run_id: str | None, best: str) -> str | None:
+    """After training: when MLflow still does not answer (rank 0 waited ``tracking.outage_wait_s`` for it before it
+    kept its unsent metrics beside the checkpoints), the job finishes without logging or registering its model and
+    says so, naming the kept file; None when the run can be finished normally."""
+    if not run_id:
+        return None
+    path = checkpoints.unsent_path(job.train.storage_path, name)
+    kept = send_kept(job.tracking, run_id, path)  # one more try: the server may be back since rank 0 gave up
+    if not kept and tracking.answers(job.tracking, run_id, job.tracking.outage_wait_s):
+        return None
+    print(f"[tracking] {job.tracking.tracking_uri} does not answer: MLflow run {run_id} stays open with "
+          f"{len(kept)} value(s) kept in {path}; its pictures and model were not logged and nothing was registered. "
+          f"The checkpoints are intact (best: {best}). Run the same job again once the server answers: it trains "
+          f"no further, sends the kept values, logs and registers the model.", flush=True)
+    return path
 
 
 SKIPPED_FILE = "skipped_records.csv"

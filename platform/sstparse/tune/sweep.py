@@ -34,7 +34,8 @@ from sstparse import plots, registry, tracking
 from sstparse.config import ConfigError, validate
 from sstparse.train.config import JobConfig
 from sstparse.train import checkpoints
-from sstparse.train.trainer import absolute_paths, finalize, fit, recorded_run, recorded_run_id, storage_at
+from sstparse.train.trainer import (absolute_paths, finalize, fit, recorded_run, recorded_run_id, send_kept,
+                                   storage_at)
 from sstparse.tune.config import TARGETS, Range, SweepConfig
 
 MIX = "mix."
@@ -203,10 +204,12 @@ def summarize(rows: list[dict[str, Any]], sweep: SweepConfig, job: JobConfig, pa
     finished = [r for r in rows if r["status"] == "completed" and math.isfinite(r[objective]) and r["checkpoint"]]
     best = max(finished, key=lambda r: r[objective], default=None)
     version = None
+    out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-sweep-"))
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_table(rows, out / "trials.csv")
+    if parent and not tracking_answers(rows, sweep, job, parent, table):
+        return SweepResult(rows, objective, best, parent, None, sweep.register_alias)
     if parent:
-        out = Path(out_dir or tempfile.mkdtemp(prefix="sstparse-sweep-"))
-        out.mkdir(parents=True, exist_ok=True)
-        table = write_table(rows, out / "trials.csv")
         logs = {k: r.log for k, r in searched(sweep, job).items()}
         pictures = plots.sweep_figures(rows, logs, objective, out)
         tracking.log_artifacts(job.tracking, parent, [table, *pictures], "sweep")
@@ -220,6 +223,25 @@ def summarize(rows: list[dict[str, Any]], sweep: SweepConfig, job: JobConfig, pa
         close_child_runs(rows, best, job)
         tracking.end_run(job.tracking, parent)
     return SweepResult(rows, objective, best, parent, version, sweep.register_alias)
+
+
+def tracking_answers(rows: list[dict[str, Any]], sweep: SweepConfig, job: JobConfig, parent: str,
+                     table: Path) -> bool:
+    """Before the summary: the values trials kept while MLflow was away are sent (each trial's
+    ``unsent_metrics.jsonl``, beside its checkpoints); when the server does not answer within
+    ``tracking.outage_wait_s``, the sweep ends without its summary, saying what is where."""
+    train_storage = posixpath.join(sweep.storage_path, sweep.name, "train")
+    left = []
+    for r in rows:
+        path = checkpoints.unsent_path(train_storage, r["trial_id"])
+        if r["run_id"] and send_kept(job.tracking, r["run_id"], path):
+            left.append(path)
+    if not left and tracking.answers(job.tracking, parent, job.tracking.outage_wait_s):
+        return True
+    print(f"[sweep] {job.tracking.tracking_uri} does not answer: the sweep's MLflow run {parent} stays open and "
+          f"nothing was registered; the trials' table is {table}, their checkpoints are under {train_storage}"
+          + (f", values MLflow did not take are kept in {', '.join(left)}" if left else ""), flush=True)
+    return False
 
 
 def log_best(best: dict[str, Any], sweep: SweepConfig, job: JobConfig, out: Path) -> str | None:
