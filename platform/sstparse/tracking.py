@@ -117,7 +117,9 @@ class MetricOutbox:
 
     Each ``send`` makes one quick attempt per request (``cfg.request_timeout_s``, no retries of MLflow's own) and
     keeps, in order, whatever the server did not take; the next send starts with it. ``send(wait_s)`` keeps trying
-    (backing off up to 30 s) for at most ``wait_s``: the end of a job. Values keep the time they were logged at.
+    (backing off up to 30 s) for at most ``wait_s``: the end of a job. Values keep the time they were logged at,
+    so a batch sent twice (the server stored it, the answer was lost) is stored once: MLflow drops a metric equal
+    in key, value, step and timestamp to one it has.
     ``unsent``: records (``{"params": {...}}`` or a metric's fields) a previous attempt could not send; a caller
     that must survive a crash of its process keeps ``unsent`` somewhere durable after each send."""
 
