@@ -170,6 +170,17 @@ def wait_job(address: str, submission_id: str, timeout: float, headers: dict | N
     return status, client.get_job_logs(submission_id)
 
 
+def until_captured(capfd, needle: str, timeout: float = 30) -> str:
+    """The driver's captured output so far; Ray forwards worker output asynchronously (its log monitor, a moment
+    after the line was printed), so wait for ``needle``."""
+    out, deadline = "", time.time() + timeout
+    while needle not in out and time.time() < deadline:
+        captured = capfd.readouterr()
+        out += captured.out + captured.err
+        time.sleep(0.5)
+    return out
+
+
 class MlflowServer:
     """cluster/local/mlflow-server.sh on a free port with its state under ``folder`` (sqlite backend, artifacts
     served): ``start()`` and ``stop()`` as many times as a test needs (a restart keeps every run)."""

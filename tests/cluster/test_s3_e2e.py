@@ -14,7 +14,6 @@ the Ray session's logs."""
 from __future__ import annotations
 
 import posixpath
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from sstparse.data.generate import generate
 from sstparse.data.shards import filesystem
 from sstparse.domains import load_domains
 from sstparse.train.trainer import fit
+from tests.raycli import until_captured
 from tests.train.conftest import tiny_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
@@ -43,16 +43,6 @@ def job_for(base: str, tmp_path: Path, epochs: int, options: dict):
 
 def read_all(fs, prefix: str) -> dict[str, bytes]:
     return {p: fs.cat_file(p) for p in fs.find(prefix)}
-
-
-def until_captured(capfd, needle: str, timeout: float = 30) -> str:
-    """The driver's captured output so far; Ray forwards worker output asynchronously, so wait for ``needle``."""
-    out, deadline = "", time.time() + timeout
-    while needle not in out and time.time() < deadline:
-        captured = capfd.readouterr()
-        out += captured.out + captured.err
-        time.sleep(0.5)
-    return out
 
 
 def ray_session_logs() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import mlflow
@@ -20,6 +19,7 @@ from sstparse.train.job import format_result
 from sstparse.train.loop import poly_lambda
 from sstparse.train.trainer import fit, recorded_run
 from tests.data.fixtures import crafted_root
+from tests.raycli import until_captured
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
@@ -106,10 +106,7 @@ def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shard
     assert result.last["epoch"] == 2
     # The crash fired and the restarted group restored epoch 1's checkpoint (the workers' lines reach this driver
     # through Ray's log monitor, a moment after the fit returns).
-    seen, deadline = "", time.monotonic() + 30
-    while "[restore] resuming after epoch 1" not in seen and time.monotonic() < deadline:
-        time.sleep(0.5)
-        seen += capfd.readouterr().out
+    seen = until_captured(capfd, "[restore] resuming after epoch 1")
     assert "[fault injection] rank 1 exits in epoch 1 after 1 steps" in seen
     assert "[restore] resuming after epoch 1" in seen
     # ...with its optimiser and schedule: the run ends on the schedule's last step (2 steps an epoch here), as an

@@ -14,7 +14,7 @@ from sstparse import tracking
 from sstparse.train import checkpoints
 from sstparse.train.job import format_result
 from sstparse.train.trainer import fit
-from tests.raycli import MlflowServer
+from tests.raycli import MlflowServer, until_captured
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
@@ -47,14 +47,6 @@ def when_checkpoints(folder: Path, count: int, then, timeout: float = 300) -> th
     return thread
 
 
-def captured_until(capfd, needle: str, timeout: float = 30) -> str:
-    seen, deadline = "", time.monotonic() + timeout
-    while needle not in seen and time.monotonic() < deadline:
-        time.sleep(0.5)
-        seen += capfd.readouterr().out
-    return seen
-
-
 def steps(job, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in tracking.client(job.tracking).get_metric_history(run_id, key))
 
@@ -66,7 +58,7 @@ def test_metrics_logged_while_the_server_is_down_reach_the_run(ray_session, tiny
     up = when_checkpoints(folder, 2, lambda: (down.join(), server.start()))
     result = fit(job)
     up.join()
-    seen = captured_until(capfd, "kept in")
+    seen = until_captured(capfd, "kept in")
     assert f"[tracking] {server.url} did not answer" in seen and "sent with the next epoch's" in seen
     # Every epoch's values reached the run, which then finished normally: model logged and registered.
     assert steps(job, result.run_id, "train/loss") == [1, 2, 3]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sstparse import tracking
+from sstparse.config import TrackingConfig
 from sstparse.data import pipeline
 from sstparse.domains import LabelDomain, load_domains
 from sstparse.evaluate import TTA, DomainEvaluator, all_reduce_
@@ -58,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None
     start_epoch, restored = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
 
     run_id = config.get("mlflow_run_id") if job.tracking.enabled and rank == 0 else None
-    outbox = tracked_outbox(job, run_id, config.get("unsent_path")) if run_id else None
+    outbox = tracked_outbox(job.tracking, run_id, config.get("unsent_path")) if run_id else None
     if outbox and not restored:
         outbox.add_params({**job.model_dump(mode="json"), "domains": job.domain_names,
                            "world_size": ctx.get_world_size()})
@@ -86,13 +87,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None
     return history if rank == 0 else None
 
 
-def tracked_outbox(job: JobConfig, run_id: str, unsent_path: str | None) -> tracking.MetricOutbox:
+def tracked_outbox(cfg: TrackingConfig, run_id: str, unsent_path: str | None) -> tracking.MetricOutbox:
     """Rank 0's way to MLflow: what the server does not take is kept in the run's folder (``unsent_path``, beside
     the checkpoints) until it does, so neither an outage nor a crash of this worker during one loses a value; a
-    restarted or resumed run starts with what the file holds."""
-    kept = checkpoints.read_unsent(unsent_path) if unsent_path else []
-    keep = (lambda records: checkpoints.write_unsent(unsent_path, records)) if unsent_path else None
-    return tracking.MetricOutbox(job.tracking, run_id, kept, keep=keep, where=unsent_path)
+    restarted or resumed run starts with what the file holds (and the driver sends what is left there at the end)."""
+    if not unsent_path:
+        return tracking.MetricOutbox(cfg, run_id)
+    return tracking.MetricOutbox(cfg, run_id, checkpoints.read_unsent(unsent_path), where=unsent_path,
+                                 keep=lambda records: checkpoints.write_unsent(unsent_path, records))
 
 
 def send_tracked(outbox: tracking.MetricOutbox, wait_s: float = 0.0) -> None:

@@ -37,7 +37,7 @@ from sstparse.promote import CHALLENGER, settle_new_version
 from sstparse.train.config import JobConfig
 from sstparse.train import checkpoints
 from sstparse.train.checkpoints import storage_filesystem
-from sstparse.train.loop import train_loop_per_worker
+from sstparse.train.loop import tracked_outbox, train_loop_per_worker
 
 
 @dataclass
@@ -214,11 +214,9 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
 
 def send_kept(cfg: TrackingConfig, run_id: str, path: str) -> list[dict[str, Any]]:
     """Send the values a run kept at ``path`` while MLflow was away; returns what is still unsent (and kept)."""
-    kept = checkpoints.read_unsent(path)
-    if not kept:
-        return []
-    outbox = tracking.MetricOutbox(cfg, run_id, kept, keep=lambda records: checkpoints.write_unsent(path, records))
-    outbox.send()
+    outbox = tracked_outbox(cfg, run_id, path)
+    if outbox.unsent:
+        outbox.send()
     return outbox.unsent
 
 

@@ -115,6 +115,11 @@ def sweep_storage(sweep: SweepConfig, job: JobConfig) -> str:
     return sweep.storage_path or job.train.storage_path
 
 
+def trials_folder(sweep: SweepConfig, job: JobConfig) -> str:
+    """Where the trials' training runs live: each trial's checkpoints and MLflow run marker under its trial id."""
+    return posixpath.join(sweep_storage(sweep, job), sweep.name, "train")
+
+
 def build_tuner(sweep: SweepConfig, job: JobConfig, parent_run_id: str | None,
                 callbacks: list | None = None) -> ray.tune.Tuner:
     """A new Tuner, or the interrupted one restored when ``<storage>/<name>`` holds a sweep."""
@@ -123,7 +128,7 @@ def build_tuner(sweep: SweepConfig, job: JobConfig, parent_run_id: str | None,
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, job=job.model_dump(mode="json"), fixed=fixed_params(sweep, job),
                                  parent_run_id=parent_run_id,
-                                 train_storage=posixpath.join(base, sweep.name, "train")),
+                                 train_storage=trials_folder(sweep, job)),
         # The trial function only drives a TorchTrainer, whose workers hold the real resources.
         {"cpu": 0.01})
     experiment = posixpath.join(path, sweep.name)
@@ -181,7 +186,7 @@ def run_sweep(sweep: SweepConfig, job: JobConfig, callbacks: list | None = None,
 
 def trial_rows(grid, sweep: SweepConfig, job: JobConfig) -> list[dict[str, Any]]:
     """One row per trial with its best objective over epochs (the checkpoint fit() keeps is the best one too)."""
-    objective, train_storage = job.objective, posixpath.join(sweep.storage_path, sweep.name, "train")
+    objective, train_storage = job.objective, trials_folder(sweep, job)
     rows = []
     for result in grid:
         history = result.metrics_dataframe
@@ -230,7 +235,7 @@ def tracking_answers(rows: list[dict[str, Any]], sweep: SweepConfig, job: JobCon
     """Before the summary: the values trials kept while MLflow was away are sent (each trial's
     ``unsent_metrics.jsonl``, beside its checkpoints); when the server does not answer within
     ``tracking.outage_wait_s``, the sweep ends without its summary, saying what is where."""
-    train_storage = posixpath.join(sweep.storage_path, sweep.name, "train")
+    train_storage = trials_folder(sweep, job)
     left = []
     for r in rows:
         path = checkpoints.unsent_path(train_storage, r["trial_id"])
