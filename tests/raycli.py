@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,72 +64,11 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def head_args(temp_dir: str, num_cpus: int = 2) -> tuple[list[str], str]:
-    """`ray start --head --block` arguments on 127.0.0.1 and the dashboard address.
-
-    Every agent port is set too: their defaults are fixed numbers, already taken when another Ray instance runs on
-    the machine (the test session's own), and then the head's job agent never comes up."""
-    gcs, dash, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
-    args = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-            f"--num-cpus={num_cpus}", "--include-dashboard=true", f"--temp-dir={temp_dir}"]
-    return args, f"http://127.0.0.1:{dash}"
-
-
 def agent_args() -> str:
     """The per-node agent ports of an extra node, as one string of flags (cluster/local's *_EXTRA_ARGS)."""
     agent_grpc, runtime_env, metrics = free_ports(3)
     return (f"--dashboard-agent-grpc-port={agent_grpc} --runtime-env-agent-port={runtime_env} "
             f"--metrics-export-port={metrics}")
-
-
-def start_group(args: list[str], env: dict) -> subprocess.Popen:
-    """Start a process in a session of its own, so that stopping its group stops all it started, nothing else."""
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGTERM to the leader first: `ray start --block` drains its node and stops its own processes (SIGTERM to the
-    whole group at once kills the raylet under it, and it then waits out its 30 s drain timeout); then whatever is
-    left in the group."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + 10
-        while time.time() < deadline and _group_alive(proc.pid):
-            time.sleep(0.2)
-    if proc.poll() is None:
-        proc.wait(timeout=10)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def wait_job_server(address: str, env: dict, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
-    """Until `ray job list` answers (the dashboard is up); fail early if ``proc`` (the head) exits."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
-        if subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
-            return
-        time.sleep(2)
-    pytest.fail(f"the Ray head's job server did not come up in {timeout:.0f} s")
 
 
 def submit(address: str, env: dict, submission_id: str, entrypoint: list[str], attempts: int = 20,

@@ -17,6 +17,7 @@ from sstparse.domains import load_domains
 from sstparse.model.sst import SSTModel
 from sstparse.config import TrackingConfig
 from sstparse.train.config import JobConfig
+from tests.stores import sqlite_uri
 
 HEADS = ("syn_lip", "syn_ppp")
 # The tiny backbone with narrow decoder layers: a forward pass at 64 px takes milliseconds on one core.
@@ -55,7 +56,7 @@ def log_tiny(tmp: Path, heads: Sequence[str] = HEADS, name: str = "sst-test") ->
     """Log a tiny model as the pyfunc in a fresh sqlite store under ``tmp`` and register it as champion."""
     from sstparse.model.sst import inference_model
 
-    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp}/mlruns.db", artifact_location=str(tmp / "artifacts"),
+    cfg = TrackingConfig(tracking_uri=sqlite_uri(tmp), artifact_location=str(tmp / "artifacts"),
                          experiment="serving")
     model = tiny_model(heads)
     run = tracking.start_run(cfg, "serving")

@@ -40,7 +40,9 @@ SKIPPED = {  # README command prefix -> why it does not run here
     "jobs/configs/universal.yaml train.epochs=20": "GPU cluster; the same submit on two local nodes: "
                                                    "tests/cluster/test_local_cluster.py",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/tune.py": "GPU cluster; "
-    "tests/train/test_job_submit.py submits to a real `ray start` head",
+    "tests/cluster/test_local_cluster.py submits to the cluster/local head",
+    "python jobs/train.py --config jobs/configs/dedicated.yaml --smoke-test": "tests/train/test_fit.py::"
+    "test_dedicated_mode_exports_the_target_head_only runs it (in the suite's process, on its own store)",
     "python jobs/benchmark.py --seeds": "hours of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --protocol steps": "an hour of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --size gpu": "needs a GPU",
@@ -56,7 +58,7 @@ SKIPPED = {  # README command prefix -> why it does not run here
     "ray job list": COVERED_BY_CLUSTER,
     "ray job submit --address http://127.0.0.1:8265 -- python /app/": "needs the container image on Kubernetes",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/predict.py":
-        "needs a cluster; tests/train/test_job_submit.py submits jobs/predict.py to a real `ray start` head",
+        "needs a cluster; tests/cluster/test_local_cluster.py submits jobs/predict.py to the cluster/local head",
     "docker ": "needs docker and a registry; tests/cluster/test_security.py checks the Dockerfile",
     "kubectl ": "needs Kubernetes; tests/cluster/test_manifests.py validates the manifests",
 }

@@ -12,10 +12,11 @@ from sstparse.model.sst import inference_model
 from sstparse.promote import promote, settle_new_version
 from sstparse.config import TrackingConfig
 from tests.serving import HEADS, tiny_job, tiny_model
+from tests.stores import sqlite_uri
 
 
 def _cfg(tmp_path) -> TrackingConfig:
-    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", artifact_location=str(tmp_path / "a"),
+    return TrackingConfig(tracking_uri=sqlite_uri(tmp_path), artifact_location=str(tmp_path / "a"),
                           experiment="registry")
 
 

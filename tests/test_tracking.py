@@ -11,10 +11,11 @@ from sstparse import export, tracking
 from sstparse.model.sst import inference_model
 from sstparse.config import TrackingConfig
 from tests.serving import tiny_model
+from tests.stores import sqlite_uri
 
 
 def _cfg(tmp_path):
-    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", artifact_location=str(tmp_path / "art"),
+    return TrackingConfig(tracking_uri=sqlite_uri(tmp_path), artifact_location=str(tmp_path / "art"),
                           experiment="t")
 
 

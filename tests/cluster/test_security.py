@@ -12,6 +12,7 @@ import pytest
 from sstparse import redact
 from sstparse.config import TrackingConfig
 from tests.raycli import REPO
+from tests.stores import sqlite_uri
 
 CODE = sorted((REPO / "platform").rglob("*.py")) + sorted((REPO / "jobs").rglob("*.py"))
 
@@ -87,7 +88,7 @@ def test_redact_masks_credentials_and_keeps_the_rest(config, masked):
 def test_log_params_never_records_a_credential(tmp_path):
     from sstparse import tracking
 
-    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", artifact_location=str(tmp_path))
+    cfg = TrackingConfig(tracking_uri=sqlite_uri(tmp_path), artifact_location=str(tmp_path))
     run_id = tracking.start_run(cfg, "masked")
     tracking.log_params(cfg, run_id, {"data": {"storage_options": {"key": "AKIA1", "secret": "s3cr3t"}},
                                       "tracking": {"tracking_uri": "http://u:pw@mlflow:5000"}, "api_token": "t0k"})

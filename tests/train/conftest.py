@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sstparse.train.config import JobConfig
 from tests.conftest import SYNTH
+from tests.stores import sqlite_uri
 
 
 def tiny_job(root: str, tmp, **sections) -> JobConfig:
@@ -17,7 +18,7 @@ def tiny_job(root: str, tmp, **sections) -> JobConfig:
         "optim": {"lr": 0.003, "warmup_steps": 2},
         "train": {"epochs": 2, "num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp / "ray_results"),
                   "name": "tiny"},
-        "tracking": {"tracking_uri": f"sqlite:///{tmp}/mlruns.db", "artifact_location": str(tmp / "artifacts")},
+        "tracking": {"tracking_uri": sqlite_uri(tmp), "artifact_location": str(tmp / "artifacts")},
     }
     for section, values in sections.items():
         cfg[section] = {**cfg.get(section, {}), **values}

@@ -13,6 +13,7 @@ from sstparse import tracking
 from sstparse.config import TrackingConfig
 from sstparse.train import benchmark as bench
 from tests.scripts import job_script
+from tests.stores import sqlite_uri
 
 # Four Ray Train fits (A trains one of its four models): about 3 minutes on a quiet 2-core machine.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_smoke_test_runs_every_arm_and_writes_the_report(ray_session, tiny_shards, tmp_path):
     out = tmp_path / "bench"
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    uri = sqlite_uri(tmp_path)
     text = job_script("benchmark").main([
         "--config", str(ROOT / "jobs/configs/benchmark.yaml"), "--smoke-test", "--out", str(out),
         f"data.root={tiny_shards}", f"tracking.tracking_uri={uri}",

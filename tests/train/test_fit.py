@@ -17,12 +17,15 @@ from sstparse.domains import load_domains
 from sstparse.train import checkpoints
 from sstparse.train.job import format_result
 from sstparse.train.loop import poly_lambda
-from sstparse.train.trainer import fit, recorded_run
+from sstparse.train.trainer import SKIPPED_FILE, fit, recorded_run, report_skipped
 from tests.data.fixtures import crafted_root
+from tests.scripts import job_script
 from tests.raycli import until_captured
 from tests.train.conftest import tiny_job
+from tests.stores import sqlite_uri
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _runs(job, name):
@@ -35,13 +38,34 @@ def _history(job, run_id, key):
 
 def test_recorded_run_is_reused_and_reopened(tmp_path):
     # A sweep interrupted mid-trial can leave the trial's run FAILED; the restored trial must log into it, open.
-    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", experiment="t")
+    cfg = TrackingConfig(tracking_uri=sqlite_uri(tmp_path), experiment="t")
     first = recorded_run(cfg, str(tmp_path / "train"), "trial_a")
     assert (tmp_path / "train" / "trial_a" / "mlflow_run_id").read_text() == first
     tracking.end_run(cfg, first, "FAILED")
     assert recorded_run(cfg, str(tmp_path / "train"), "trial_a") == first
     assert tracking.run_status(cfg, first) == "RUNNING"
     assert recorded_run(cfg, str(tmp_path / "train"), "trial_b") != first
+
+
+def test_skipped_records_wait_beside_the_checkpoints_while_mlflow_is_away(tmp_path, capsys):
+    """Under an outage the skipped-records list is kept in the run's folder; the same job run again (MLflow back)
+    sends it with the earlier and any new records, and removes the file."""
+    job = tiny_job(str(tmp_path), tmp_path, data={"on_bad_record": "skip"})
+    row = {"stream": "train", "epoch": 1, "domain": "syn_ppp", "sample_id": "s2", "reason": "undecodable image"}
+    first = [{**row, "source": "a.parquet#row=2"}, {**row, "epoch": 2, "source": "a.parquet#row=2"}]
+    report_skipped(job, "run", None, first, 2)
+    kept = tmp_path / "ray_results" / "run" / SKIPPED_FILE
+    assert f"listed in {kept} until MLflow answers" in capsys.readouterr().out
+    assert [r["source"] for r in csv.DictReader(kept.open())] == ["a.parquet#row=2"] * 2
+
+    run_id = tracking.start_run(job.tracking, "run")
+    report_skipped(job, "run", run_id, [{**row, "epoch": 3, "source": "b.parquet#row=0"}], 3)
+    assert not kept.exists()
+    assert _history(job, run_id, "data/skipped_records") == [(3, 2.0)]
+    listed = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"data/{SKIPPED_FILE}",
+                                                      dst_path=str(tmp_path), tracking_uri=job.tracking.tracking_uri))
+    assert [(r["epoch"], r["source"]) for r in csv.DictReader(listed.open())] == [
+        ("1", "a.parquet#row=2"), ("2", "a.parquet#row=2"), ("3", "b.parquet#row=0")]
 
 
 def test_universal_fit_registers_and_resumes(ray_session, tiny_shards, tmp_path, monkeypatch):
@@ -120,18 +144,25 @@ def test_worker_crash_resumes_from_checkpoint_in_one_run(ray_session, tiny_shard
     assert meta["mlflow_run_id"] == result.run_id
 
 
-def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, tmp_path, monkeypatch):
-    job = tiny_job(tiny_shards, tmp_path, train={"mode": "dedicated", "target": "syn_ppp", "epochs": 1,
-                                                 "num_workers": 1, "name": "ded"},
-                   sst={"lambda_kd": 0.5})
-    result = fit(job)
-    assert "val/syn_ppp/miou" in result.metrics and result.registered_version == "1"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.tracking_uri)
-    model = mlflow.pyfunc.load_model("models:/sst-syn_ppp/1")  # model from code + torch.export: no pickle
+def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, tmp_path, monkeypatch, capsys):
+    """The README's `python jobs/train.py --config jobs/configs/dedicated.yaml --smoke-test`, on the tiny shards with
+    this test's storage and store: trains the dedicated job (target syn_ppp, distilling from the other domains)
+    and registers a model that serves the target's head only."""
+    job_script("train").main(["--config", str(ROOT / "jobs/configs/dedicated.yaml"), "--smoke-test",
+                              f"data.root={tiny_shards}", f"train.storage_path={tmp_path / 'ray_results'}",
+                              f"tracking.tracking_uri={sqlite_uri(tmp_path)}",
+                              f"tracking.artifact_location={tmp_path / 'artifacts'}"])
+    said = capsys.readouterr().out
+    assert "syn_ppp" in said and "registered sst-syn_ppp-smoke version 1" in said, said[-2000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path))
+    model = mlflow.pyfunc.load_model("models:/sst-syn_ppp-smoke/1")  # model from code + torch.export: no pickle
     labels = model.predict([np.zeros((40, 52, 3), np.uint8)] * 2)  # one head: no domain needed
     assert [x.shape for x in labels] == [(40, 52)] * 2 and max(int(x.max()) for x in labels) < 7
-    info = mlflow.models.get_model_info("models:/sst-syn_ppp/1")
+    info = mlflow.models.get_model_info("models:/sst-syn_ppp-smoke/1")
     assert info.metadata["heads"] == {"syn_ppp": [0, 7]}
+    run = tracking.client(TrackingConfig(tracking_uri=sqlite_uri(tmp_path))).get_run(info.run_id)
+    assert run.data.params["train.mode"] == "dedicated" and run.data.params["sst.lambda_kd"] == "0.5"
+    assert "val/syn_ppp/miou" in run.data.metrics
 
 
 def test_bad_records_are_counted_and_listed_or_fail_the_run(ray_session, tmp_path):

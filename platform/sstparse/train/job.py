@@ -73,6 +73,7 @@ def format_result(result: FitResult) -> str:
         lines.append(f"MLflow did not answer: the values it did not take are in {result.unsent_metrics}; nothing "
                      f"was registered (run the same job again once it answers)")
     if result.skipped_records:
-        lines.append(f"skipped {result.skipped_records} bad record(s) (on_bad_record: skip; listed in the run's "
-                     f"data/skipped_records.csv)")
+        where = ("beside the checkpoints until MLflow answers" if result.unsent_metrics else
+                 "in the run's data/skipped_records.csv")
+        lines.append(f"skipped {result.skipped_records} bad record(s) (on_bad_record: skip; listed {where})")
     return "\n".join(lines)

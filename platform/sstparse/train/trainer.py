@@ -201,8 +201,7 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     best = _best_checkpoint(result, job.objective)
     unsent = tracking_outage(job, name, run_id, best.path)
     skipped = stream.bad_records()
-    if skipped:
-        report_skipped(job, None if unsent else run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
+    report_skipped(job, name, None if unsent else run_id, skipped, int((result.metrics or {}).get("epoch", 0)))
     history = list(result.return_value or [])
     with best.as_directory() as d:
         version = (finalize(job, Path(d), run_id, register, alias, out_dir, source=best.path, history=history)
@@ -240,23 +239,43 @@ def tracking_outage(job: JobConfig, name: str, run_id: str | None, best: str) ->
 SKIPPED_FILE = "skipped_records.csv"
 
 
-def report_skipped(job: JobConfig, run_id: str | None, records: list[dict], epoch: int) -> None:
+def report_skipped(job: JobConfig, name: str, run_id: str | None, records: list[dict], epoch: int) -> None:
     """Records dropped under ``on_bad_record: skip`` are counted and listed, never lost: the run gets the count
     (``data/skipped_records``, distinct records) and every occurrence (epoch, domain, sample, source, reason) as
-    ``data/skipped_records.csv``; the console says so."""
+    ``data/skipped_records.csv``; the console says so. When MLflow does not answer (``run_id`` None with tracking
+    on), the list is kept beside the checkpoints instead, and the same job run again sends it."""
+    fs, base = storage_filesystem(job.train.storage_path)
+    kept = posixpath.join(base, name, SKIPPED_FILE)
+    if fs.exists(kept):  # left by an earlier attempt that could not reach MLflow
+        with fs.open(kept, "r", newline="") as f:
+            records = list(csv.DictReader(f)) + list(records)
+    if not records:
+        return
     distinct = len({r["source"] for r in records})
-    print(f"[data] skipped {distinct} bad record(s), {len(records)} time(s) over the epochs (on_bad_record: skip)"
-          + (f"; listed in the MLflow run's data/{SKIPPED_FILE}" if run_id else ""), flush=True)
+    said = f"[data] skipped {distinct} bad record(s), {len(records)} time(s) over the epochs (on_bad_record: skip)"
+    if run_id is None and job.tracking.enabled:
+        fs.makedirs(posixpath.dirname(kept), exist_ok=True)
+        with fs.open(kept, "w", newline="") as f:
+            _write_skipped(f, records)
+        print(f"{said}; listed in {kept} until MLflow answers", flush=True)
+        return
+    print(said + (f"; listed in the MLflow run's data/{SKIPPED_FILE}" if run_id else ""), flush=True)
     if not run_id:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SKIPPED_FILE
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, ["stream", "epoch", "domain", "sample_id", "source", "reason"])
-            writer.writeheader()
-            writer.writerows(records)
+            _write_skipped(f, records)
         tracking.log_artifacts(job.tracking, run_id, [path], "data")
     tracking.log_metrics(job.tracking, run_id, {"data/skipped_records": distinct}, step=epoch)
+    if fs.exists(kept):
+        fs.rm(kept)
+
+
+def _write_skipped(f, records: list[dict]) -> None:
+    writer = csv.DictWriter(f, ["stream", "epoch", "domain", "sample_id", "source", "reason"])
+    writer.writeheader()
+    writer.writerows(records)
 
 
 def _best_checkpoint(result, objective: str):
