@@ -43,6 +43,8 @@ SKIPPED = {  # README command prefix -> why it does not run here
     "tests/cluster/test_local_cluster.py submits to the cluster/local head",
     "python jobs/train.py --config jobs/configs/dedicated.yaml --smoke-test": "tests/train/test_fit.py::"
     "test_dedicated_mode_exports_the_target_head_only runs it (in the suite's process, on its own store)",
+    "python jobs/tune.py --config jobs/configs/sweep.yaml --smoke-test": "tests/tune/test_sweep.py::"
+    "test_sweep_restores_after_interruption_and_registers_the_challenger runs it with 3 trials of 2 epochs",
     "python jobs/benchmark.py --seeds": "hours of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --protocol steps": "an hour of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --size gpu": "needs a GPU",

@@ -12,11 +12,15 @@ import pytest
 import ray.tune
 
 from sstparse import tracking
-from sstparse.tune.config import SweepConfig
+from sstparse.train.job import SMOKE_OVERRIDES
+from sstparse.tune.config import SweepConfig, load_sweep
+from sstparse.tune.job import SMOKE_SWEEP_OVERRIDES
 from sstparse.tune.sweep import run_sweep
+from tests.stores import sqlite_uri
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class InterruptOnce(ray.tune.Callback):
@@ -46,15 +50,17 @@ class InterruptOnce(ray.tune.Callback):
 
 
 def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_session, tiny_shards, tmp_path):
+    """The README's `python jobs/tune.py --config jobs/configs/sweep.yaml --smoke-test` with three trials of two
+    epochs instead of two of one (enough for ASHA, an interruption and a failing trial), on the tiny shards with this
+    test's storage and store."""
     shards = tmp_path / "shards"  # a copy: the third trial's part is damaged on purpose
     shutil.copytree(tiny_shards, shards)
-    job = tiny_job(str(shards), tmp_path, tracking={"register_as": "sst-test-sweep"}, train={"epochs": 2})
-    sweep = SweepConfig.model_validate({
-        "job": "unused.yaml", "name": "tiny-sweep", "storage_path": str(tmp_path / "sweeps"),
-        "space": {"lambda_mst": {"low": 0.01, "high": 1.0, "log": True}, "lr": {"fixed": 0.003},
-                  "domain_mix": {"low": 0.5, "high": 2.0}},
-        "search": {"num_samples": 3, "max_concurrent": 1, "n_startup_trials": 2},
-        "scheduler": {"kind": "asha", "grace_period": 1}})
+    sweep, job = load_sweep(ROOT / "jobs/configs/sweep.yaml", SMOKE_SWEEP_OVERRIDES + [
+        "search.num_samples=3", "search.n_startup_trials=3", f"storage_path={tmp_path / 'sweeps'}",
+        f"job.data.root={shards}", "job.train.epochs=2", f"job.train.storage_path={tmp_path / 'ray_results'}",
+        f"job.tracking.tracking_uri={sqlite_uri(tmp_path)}", f"job.tracking.artifact_location={tmp_path / 'art'}",
+        "job.tracking.register_as=sst-test-sweep"], SMOKE_OVERRIDES)
+    space = sweep.space
 
     recorder = InterruptOnce(tmp_path, sorted((shards / "syn_lip" / "train").glob("*.parquet")))
     interrupted = run_sweep(sweep, job, callbacks=[recorder])
@@ -74,7 +80,7 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     assert 3 <= result.trial_epochs <= 4  # ASHA may stop the second trial after its first epoch
     for r in result.rows:
         assert {k for k in r if k.startswith("mix.")} == {f"mix.{d}" for d in job.domain_names}
-        assert 0.01 <= r["lambda_mst"] <= 1.0
+        assert space.lambda_mst.low <= r["lambda_mst"] <= space.lambda_mst.high
 
     # MLflow: one parent, one child per trial named after the trial id, all closed.
     children = tracking.find_runs(job.tracking, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
@@ -82,7 +88,7 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     status = {c.info.run_name: c.info.status for c in children}
     assert status.pop(failed["trial_id"]) == "FAILED"
     assert all(s in ("FINISHED", "KILLED") for s in status.values())
-    assert all(c.data.params["optim.lr"] == "0.003" for c in children)
+    assert all(space.lr.low <= float(c.data.params["optim.lr"]) <= space.lr.high for c in children)
     parent = tracking.client(job.tracking).get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials"] == 3
     artifacts = {a.path for a in tracking.client(job.tracking).list_artifacts(result.parent_run_id, "sweep")}
@@ -91,7 +97,7 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     # The best finished trial's model is registered; as the name's first version it became champion at once
     # (a later sweep's model is the challenger, which `sstparse promote` compares with it).
     best = max((r for r in result.rows if r["status"] == "completed"), key=lambda r: r["val/mean_miou"])
-    version = tracking.get_alias(job.tracking, "sst-test-sweep", "champion")
+    version = tracking.get_alias(job.tracking, job.registered_name, "champion")
     assert result.best is best and str(version.version) == result.registered_version
     assert version.run_id == best["run_id"] and version.tags["source_run"] == best["run_id"]
 
