@@ -13,7 +13,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")

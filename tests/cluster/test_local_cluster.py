@@ -82,6 +82,11 @@ class Cluster(NamedTuple):
     folder: Path    # state/ (pid files, token), the MLflow store
     token: str
 
+    def submit(self, submission_id: str, entrypoint: list[str], working_dir: str | None = None):
+        """`ray job submit` with the token, as the README's shell has it (RAY_AUTH_MODE=token, the token file)."""
+        return submit(self.address, {**self.env, "RAY_AUTH_MODE": "token"}, submission_id, entrypoint,
+                      working_dir=working_dir)
+
     def wait(self, submission_id: str, timeout: float) -> tuple[str, str]:
         return wait_job(self.address, submission_id, timeout, headers={"Authorization": f"Bearer {self.token}"})
 
@@ -146,7 +151,7 @@ def test_token_auth_cluster_refuses_without_token_and_accepts_with_it(cluster):
     assert wrong.returncode != 0 and "Invalid authentication token" in wrong.stderr, wrong.stdout + wrong.stderr
     # With the token (the file the head script wrote, as the README exports it): accepted, and its driver sees
     # both nodes, so the worker node joined with the token too.
-    accepted = submit(address, {**env, "RAY_AUTH_MODE": "token"}, "with-token", entry)
+    accepted = cluster.submit("with-token", entry)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     status, logs = cluster.wait("with-token", timeout=180)
     assert status == "SUCCEEDED", logs[-3000:]
@@ -189,8 +194,7 @@ def preempted(cluster, tiny_shards):
     entry = ["python", "jobs/train.py", "--config", "jobs/configs/universal.yaml", "--smoke-test",
              f"data.root={tiny_shards}", f"train.storage_path={results}", "train.name=preempted",
              "train.epochs=4", "train.max_failures=3"]
-    submitted = submit(cluster.address, {**cluster.env, "RAY_AUTH_MODE": "token"}, "preempted", entry,
-                       working_dir=str(REPO))
+    submitted = cluster.submit("preempted", entry, working_dir=str(REPO))
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     # A checkpoint counts once the Train controller has registered it, a moment after the worker uploaded it (a
     # node lost in between costs that epoch again): kill once the second is there, so the first surely counts.
@@ -250,7 +254,7 @@ def test_ray_job_submit_of_batch_prediction_with_the_registered_model(cluster, p
     entry = [sys.executable, str(REPO / "jobs" / "predict.py"), "--model", "models:/sst-universal-smoke@champion",
              "--domain", "syn_lip", str(tmp_path / "photos"), "--out", str(tmp_path / "parsed"),
              "--concurrency", "2", "--num-cpus-per-actor", "0.5"]
-    submitted = submit(cluster.address, {**cluster.env, "RAY_AUTH_MODE": "token"}, "predict", entry)
+    submitted = cluster.submit("predict", entry)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     status, logs = cluster.wait("predict", timeout=300)
     assert status == "SUCCEEDED" and "predicted 2 image(s)" in logs, logs[-3000:]

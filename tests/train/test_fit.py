@@ -19,13 +19,12 @@ from sstparse.train.job import format_result
 from sstparse.train.loop import poly_lambda
 from sstparse.train.trainer import SKIPPED_FILE, fit, recorded_run, report_skipped
 from tests.data.fixtures import crafted_root
-from tests.scripts import job_script
 from tests.raycli import until_captured
-from tests.train.conftest import tiny_job
+from tests.scripts import JOBS, job_script
 from tests.stores import sqlite_uri
+from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _runs(job, name):
@@ -148,19 +147,19 @@ def test_dedicated_mode_exports_the_target_head_only(ray_session, tiny_shards, t
     """The README's `python jobs/train.py --config jobs/configs/dedicated.yaml --smoke-test`, on the tiny shards with
     this test's storage and store: trains the dedicated job (target syn_ppp, distilling from the other domains)
     and registers a model that serves the target's head only."""
-    job_script("train").main(["--config", str(ROOT / "jobs/configs/dedicated.yaml"), "--smoke-test",
+    store = sqlite_uri(tmp_path)
+    job_script("train").main(["--config", str(JOBS / "configs" / "dedicated.yaml"), "--smoke-test",
                               f"data.root={tiny_shards}", f"train.storage_path={tmp_path / 'ray_results'}",
-                              f"tracking.tracking_uri={sqlite_uri(tmp_path)}",
-                              f"tracking.artifact_location={tmp_path / 'artifacts'}"])
+                              f"tracking.tracking_uri={store}", f"tracking.artifact_location={tmp_path / 'artifacts'}"])
     said = capsys.readouterr().out
     assert "syn_ppp" in said and "registered sst-syn_ppp-smoke version 1" in said, said[-2000:]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     model = mlflow.pyfunc.load_model("models:/sst-syn_ppp-smoke/1")  # model from code + torch.export: no pickle
     labels = model.predict([np.zeros((40, 52, 3), np.uint8)] * 2)  # one head: no domain needed
     assert [x.shape for x in labels] == [(40, 52)] * 2 and max(int(x.max()) for x in labels) < 7
     info = mlflow.models.get_model_info("models:/sst-syn_ppp-smoke/1")
     assert info.metadata["heads"] == {"syn_ppp": [0, 7]}
-    run = tracking.client(TrackingConfig(tracking_uri=sqlite_uri(tmp_path))).get_run(info.run_id)
+    run = tracking.client(TrackingConfig(tracking_uri=store)).get_run(info.run_id)
     assert run.data.params["train.mode"] == "dedicated" and run.data.params["sst.lambda_kd"] == "0.5"
     assert "val/syn_ppp/miou" in run.data.metrics
 

@@ -16,11 +16,11 @@ from sstparse.train.job import SMOKE_OVERRIDES
 from sstparse.tune.config import SweepConfig, load_sweep
 from sstparse.tune.job import SMOKE_SWEEP_OVERRIDES
 from sstparse.tune.sweep import run_sweep
+from tests.scripts import JOBS
 from tests.stores import sqlite_uri
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class InterruptOnce(ray.tune.Callback):
@@ -55,7 +55,7 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     test's storage and store."""
     shards = tmp_path / "shards"  # a copy: the third trial's part is damaged on purpose
     shutil.copytree(tiny_shards, shards)
-    sweep, job = load_sweep(ROOT / "jobs/configs/sweep.yaml", SMOKE_SWEEP_OVERRIDES + [
+    sweep, job = load_sweep(JOBS / "configs" / "sweep.yaml", SMOKE_SWEEP_OVERRIDES + [
         "search.num_samples=3", "search.n_startup_trials=3", f"storage_path={tmp_path / 'sweeps'}",
         f"job.data.root={shards}", "job.train.epochs=2", f"job.train.storage_path={tmp_path / 'ray_results'}",
         f"job.tracking.tracking_uri={sqlite_uri(tmp_path)}", f"job.tracking.artifact_location={tmp_path / 'art'}",

@@ -246,7 +246,8 @@ def report_skipped(job: JobConfig, name: str, run_id: str | None, records: list[
     on), the list is kept beside the checkpoints instead, and the same job run again sends it."""
     fs, base = storage_filesystem(job.train.storage_path)
     kept = posixpath.join(base, name, SKIPPED_FILE)
-    if fs.exists(kept):  # left by an earlier attempt that could not reach MLflow
+    earlier = fs.exists(kept)  # left by an earlier attempt that could not reach MLflow
+    if earlier:
         with fs.open(kept, "r", newline="") as f:
             records = list(csv.DictReader(f)) + list(records)
     if not records:
@@ -268,7 +269,7 @@ def report_skipped(job: JobConfig, name: str, run_id: str | None, records: list[
             _write_skipped(f, records)
         tracking.log_artifacts(job.tracking, run_id, [path], "data")
     tracking.log_metrics(job.tracking, run_id, {"data/skipped_records": distinct}, step=epoch)
-    if fs.exists(kept):
+    if earlier:
         fs.rm(kept)
 
 
