@@ -33,8 +33,13 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py --data $(DATA) $(DEMO_ARGS)
 
+# Two test processes (pytest-xdist), each with a Ray instance of its own, handed whole files in the order
+# tests/conftest.py sets (Ray jobs first; xdist would otherwise start with the files holding most tests): one process
+# leaves about a third of 2 cores idle while Ray starts processes and servers answer. TEST_PROCS=0: one process.
+TEST_PROCS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder
 
 # the GPU path (AMP, channels_last, torch.compile, NCCL, ONNX Runtime CUDA) on this machine's GPU; exits 0 without one
 gpu-check: $(STAMP)

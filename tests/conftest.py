@@ -65,7 +65,8 @@ def s3_proxy(s3_server):
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
     """One local Ray instance for the whole test session (never one per test: a start costs about 20 s, minutes on
-    a busy 2-core machine). Tests using it are marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its processes see the S3 environment."""
+    a busy 2-core machine). Tests using it are marked ``@pytest.mark.ray``. It starts after ``s3_server`` so that its
+    processes see the S3 environment."""
     import os
 
     import ray
@@ -75,14 +76,36 @@ def ray_session(s3_server):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # No node of this instance is ever drained (preemption notices: tests/cluster): each fit's watcher actor would
+    # be one more process start (~2 s of CPU) for nothing.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     started = not ray.is_initialized()
     if started:
+        from tests.raycli import free_port
+
         # The dashboard serves the state API, through which Ray Train's placement-group cleaner notices a
-        # controller killed with its Tune trial (ASHA stopping it); without it the trial's CPUs leak.
-        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
+        # controller killed with its Tune trial (ASHA stopping it); without it the trial's CPUs leak. The cleaner
+        # finds the API by RAY_API_SERVER_ADDRESS, else by looking for a Ray instance on the machine, which fails
+        # when there are two (make test runs two test processes, each with an instance of its own: address="local",
+        # or the second would join the first's): so the dashboard gets a port chosen here, named to every process.
+        # Not in this process's own environment once started: here it would outrank the address given to any other
+        # cluster's job client (tests/cluster).
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        try:
+            ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=port)
+        finally:
+            del os.environ["RAY_API_SERVER_ADDRESS"]
     yield
     if started:
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that run Ray jobs (a minute or more a file) first: `make test` hands whole files to its two processes
+    in this order as each frees up, and the seconds-long unit tests then even out the two processes' ends."""
+    items.sort(key=lambda item: not (item.get_closest_marker("ray") or item.get_closest_marker("cluster")))
 
 
 SYNTH = ["syn_lip", "syn_cihp", "syn_atr", "syn_ppp"]

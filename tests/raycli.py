@@ -123,13 +123,14 @@ class MlflowServer:
 
     SCRIPT = REPO / "cluster" / "local" / "mlflow-server.sh"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, backend: str | None = None):
+        """``backend``: the server's store URI (default: a new sqlite file under ``folder``, as a first start makes)."""
         self.folder, port = folder, free_port()
         self.url, self.log, self.artifacts = f"http://127.0.0.1:{port}", folder / "state" / "mlflow-server.log", \
             folder / "artifacts"
         self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
                     "SSTPARSE_CLUSTER_DIR": str(folder / "state"), "MLFLOW_PORT": str(port),
-                    "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder}/mlflow.db",
+                    "MLFLOW_BACKEND_STORE_URI": backend or f"sqlite:///{folder}/mlflow.db",
                     "MLFLOW_ARTIFACTS_DESTINATION": str(self.artifacts)}
 
     def _script(self, verb: str, timeout: float) -> None:

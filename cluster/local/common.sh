@@ -39,6 +39,10 @@ START_TIMEOUT="${SSTPARSE_START_TIMEOUT:-300}"
 # On SIGTERM a Ray node first drains (up to 30 s) so that Ray Serve can move replicas away; nothing here serves, and
 # a stop should stop. Export another value to keep the drain.
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
+# Ray's state API, in the nodes' processes too (Ray Train's placement-group cleaner asks it whether a training
+# controller still lives), finds this cluster's dashboard by it; without it, it looks for a Ray instance on the
+# machine and fails when it finds more than one.
+export RAY_API_SERVER_ADDRESS="$DASHBOARD_URL"
 # Ray Data's per-dataset INFO lines ("execution finished in ...", every epoch) stay out of job logs; warnings stay.
 export RAY_DATA_LOG_LEVEL="${RAY_DATA_LOG_LEVEL:-WARNING}"
 

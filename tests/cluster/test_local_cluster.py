@@ -28,6 +28,8 @@ from tests.raycli import BIN, REPO, agent_args, free_ports, submit, wait_job
 from tests.serving import images
 from tests.stores import sqlite_uri
 
+pytestmark = pytest.mark.cluster
+
 SCRIPTS = REPO / "cluster" / "local"
 PROBE = "import ray; ray.init(); print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))"
 
@@ -44,8 +46,10 @@ def scripts_env(folder: Path, temp_dir: str) -> tuple[dict, str]:
     home = folder / "home"
     home.mkdir()
     gcs, dash, client, head_agent, worker_agent = free_ports(5)
+    # Ray settings of the suite's own instance (tests/conftest.py) stay out: this cluster runs with Ray's defaults.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
-                                                              "RAY_AUTH_TOKEN_PATH")}
+                                                              "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")
+           and not k.startswith("RAY_TRAIN_")}
     env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "HOME": str(home),
                 "SSTPARSE_CLUSTER_DIR": str(folder / "state"), "RAY_TEMP_DIR": temp_dir,
                 "RAY_AUTH_TOKEN_PATH": str(folder / "state" / "auth_token"),

@@ -37,7 +37,7 @@ DOMAINS = ["syn_atr", "syn_ppp"]
 def job_for(base: str, tmp_path: Path, epochs: int, options: dict):
     return tiny_job(f"{base}/shards", tmp_path,
                     data={"domain_mix": {d: 1.0 for d in DOMAINS}, "storage_options": options},
-                    train={"epochs": epochs, "storage_path": f"{base}/ray_results", "name": "s3e2e"},
+                    train={"epochs": epochs, "storage_path": f"{base}/ray_results", "name": "s3e2e", "num_workers": 1},
                     tracking={"artifact_location": f"{base}/mlflow", "register_as": "sst-s3-e2e"})
 
 

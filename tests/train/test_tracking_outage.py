@@ -15,6 +15,7 @@ from sstparse.train import checkpoints
 from sstparse.train.job import format_result
 from sstparse.train.trainer import fit
 from tests.raycli import MlflowServer, until_captured
+from tests.stores import sqlite_uri
 from tests.train.conftest import tiny_job
 
 pytestmark = pytest.mark.ray
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    folder = tmp_path_factory.mktemp("mlflow")
+    # A migrated store (tests.stores): the first start's migrations are tests/cluster/test_mlflow_server.py's.
+    server = MlflowServer(folder, backend=sqlite_uri(folder, "mlflow.db"))
     server.start()
     yield server
     server.stop()
@@ -72,10 +75,11 @@ def test_a_server_that_never_returns_leaves_the_values_beside_the_checkpoints(ra
                                                                                 server):
     job = outage_job(tiny_shards, tmp_path, server, "gone", epochs=3, wait_s=2)
     folder = tmp_path / "ray_results" / "gone"
-    when_checkpoints(folder, 1, server.stop)
+    down = when_checkpoints(folder, 1, server.stop)
     try:
         result = fit(job)
     finally:
+        down.join()  # a busy machine may still be stopping the server when the 3 tiny epochs are done
         server.start()  # the module's other tests need it; the job below is its comeback
     kept = checkpoints.read_unsent(str(folder / checkpoints.UNSENT_FILE))
     assert result.unsent_metrics == str(folder / checkpoints.UNSENT_FILE)
