@@ -47,7 +47,11 @@ def synth(out, names, seed, scale, workers, preview):
     from sstparse.data.generate import generate
 
     domains = _domains(names, synthetic_only=True)
-    for m in generate(out, domains, seed=seed, scale=scale, workers=workers):
+    try:
+        manifests = generate(out, domains, seed=seed, scale=scale, workers=workers)
+    except StorageError as err:
+        raise click.ClickException(str(err)) from None
+    for m in manifests:
         counts = ", ".join(f"{k} {m['splits'][k]['count']}" for k in SPLITS if k in m["splits"])
         click.echo(f"{m['domain']}: {counts}")
     if preview:

@@ -18,6 +18,7 @@ from sstparse.cli import run
 from sstparse.data.convert import convert
 from sstparse.data.shards import MANIFEST, filesystem, part_paths, s3_options, verify
 from tests.data.fixtures import build_lip
+from tests.s3proxy import FaultProxy
 from tests.serving import images, log_tiny
 
 pytestmark = pytest.mark.s3
@@ -182,6 +183,7 @@ def test_unusable_storage_is_one_clear_error(problem, raw, tmp_path, s3_server, 
         expect += f" {endpoint}"
     predict = ("predict", "--model", "models:/never-loaded@champion", "--domain", "syn_ppp")
     for args in (("convert", "--dataset", "lip", "--src", raw.src, "--out", root),
+                 ("synth", "--out", root, "--domain", "syn_ppp", "--scale", "0.01"),
                  ("inspect", "--verify", root),
                  (*predict, root, "--out", tmp_path / "out"),
                  (*predict, tmp_path / "local.png", "--out", root)):
@@ -190,3 +192,27 @@ def test_unusable_storage_is_one_clear_error(problem, raw, tmp_path, s3_server, 
         assert code != 0 and "Traceback" not in out, out
         assert f"{root}: " in out and expect in out, out
         assert time.monotonic() - start < 20  # retries are bounded: seconds, not minutes
+
+
+
+class ThrottledWrites(FaultProxy):
+    """Every PUT answered 503 SlowDown, every other request forwarded."""
+
+    def decide(self, method: str, path: str) -> str | None:
+        if method != "PUT":
+            return None
+        with self._lock:
+            self.faults["slowdown"] += 1
+        return "slowdown"
+
+
+def test_throttling_past_every_retry_names_the_url(s3_server, monkeypatch, capsys):
+    """Writes that stay throttled: once botocore (one attempt here, AWS_MAX_ATTEMPTS=1, to take seconds) and s3fs
+    (its own 5) stop retrying, `sstparse synth` ends with one error naming the part and the throttling."""
+    root = f"s3://{s3_server.bucket}/{PREFIX}/throttled"
+    with ThrottledWrites(s3_server.url) as proxy:
+        _env(monkeypatch, AWS_ENDPOINT_URL=proxy.url, AWS_MAX_ATTEMPTS="1")
+        code, out = _cli(monkeypatch, capsys, "synth", "--out", root, "--domain", "syn_ppp", "--scale", "0.01")
+    assert code != 0 and "Traceback" not in out, out
+    assert f"{root}/syn_ppp/train/part-00000.parquet: " in out and "SlowDown (slow down) after every retry" in out, out
+    assert proxy.faults["slowdown"] >= 2  # retried before giving up

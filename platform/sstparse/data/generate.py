@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sstparse
-from sstparse.data.shards import ShardWriter, build_manifest, write_manifest
+from sstparse.data.shards import ShardWriter, build_manifest, filesystem, write_manifest
 
 # Synthetic domains get a held-out test split (its own seed stream: sample_rng hashes the split name) that the
 # benchmark scores on, so that no reported score comes from the images used to pick the checkpoint.
@@ -41,6 +41,7 @@ def generate(root: str, domains: Iterable[LabelDomain], seed: int = 0, scale: fl
     for d in domains:
         if not d.is_synthetic:
             raise ValueError(f"domain {d.name} is not synthetic (its card has no `synthetic` section)")
+    filesystem(root, storage_options, check=True)  # an unusable s3:// root: one error naming it, before rendering
     jobs = []
     for d in domains:
         for split, n in split_sizes(d, scale).items():

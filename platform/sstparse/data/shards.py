@@ -75,6 +75,15 @@ class StorageUnreachable(StorageError, ConnectionError):
     pass
 
 
+class StorageBusy(StorageError):
+    """The endpoint still throttled (503 SlowDown and kin) after every retry."""
+
+
+# S3's and S3-compatible stores' answers for "too many requests, slow down".
+THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+              "TooManyRequestsException", "RequestThrottled", "ServiceUnavailable", "503"}
+
+
 def s3_options(storage_options: dict | None = None) -> dict:
     """``storage_options`` for s3fs with the platform's defaults under the caller's ``config_kwargs``.
 
@@ -145,6 +154,9 @@ def _storage_error(url: str, fs: Any, err: Exception) -> StorageError | None:
         return StorageDenied(f"{url}: the S3 endpoint {endpoint} denies access ({code}: {err}); check the "
                              "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or storage_options key/secret) "
                              "and that they may read and list this prefix")
+    if code in THROTTLING:
+        return StorageBusy(f"{url}: the S3 endpoint {endpoint} still answered {code} (slow down) after every retry; "
+                           "lower the request rate (fewer concurrent readers or writers) or try again later")
     if isinstance(err, FileNotFoundError) and code == "NoSuchBucket":
         return StorageNotFound(f"{url}: bucket {fs.split_path(url)[0]!r} does not exist at the S3 endpoint "
                                f"{endpoint}")
@@ -281,7 +293,8 @@ class ShardWriter:
         self.domain, self.rows_per_part = domain, rows_per_part
         self.summary = SplitSummary(split, class_pixels=[0] * domain.num_classes)
         self._rows: list[Sample] = []
-        self.fs.makedirs(self.dir, exist_ok=True)
+        with storage_errors(self.fs.unstrip_protocol(self.dir), self.fs):
+            self.fs.makedirs(self.dir, exist_ok=True)
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -316,7 +329,8 @@ class ShardWriter:
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, compression="none")  # images are already compressed
         data = buf.getvalue().to_pybytes()
-        with self.fs.open(posixpath.join(self.dir, name), "wb") as f:
+        path = posixpath.join(self.dir, name)
+        with storage_errors(self.fs.unstrip_protocol(path), self.fs), self.fs.open(path, "wb") as f:
             f.write(data)
         self.summary.parts.append({"file": f"{self.summary.split}/{name}", "rows": len(self._rows),
                                    "sha256": hashlib.sha256(data).hexdigest()})
@@ -350,7 +364,7 @@ def build_manifest(domain: LabelDomain, splits: list[SplitSummary], skipped: lis
 def write_manifest(root: str, manifest: dict[str, Any], storage_options: dict | None = None) -> str:
     fs, base = filesystem(root, storage_options)
     path = posixpath.join(base, manifest["domain"], MANIFEST)
-    with fs.open(path, "w") as f:
+    with storage_errors(fs.unstrip_protocol(path), fs), fs.open(path, "w") as f:
         json.dump(manifest, f, indent=1)
     return path
 
