@@ -29,13 +29,14 @@ class FaultProxy:
     """``with FaultProxy("http://127.0.0.1:PORT") as proxy:`` point clients at ``proxy.url``.
 
     ``probability``: chance that an attempt is faulted; ``slowdown_share``: of the faults, the share answered with
-    503 SlowDown (the rest are dropped connections). ``faults`` counts what was injected, by kind."""
+    503 SlowDown (the rest are dropped connections); ``methods``: fault only these HTTP methods (default: any).
+    ``faults`` counts what was injected, by kind."""
 
     def __init__(self, target: str, seed: int = 0, probability: float = 0.3, max_in_a_row: int = 2,
-                 max_faults: int = 200, slowdown_share: float = 0.5):
+                 max_faults: int = 200, slowdown_share: float = 0.5, methods: frozenset[str] | None = None):
         self.target = urlsplit(target)
         self.seed, self.probability, self.max_in_a_row = seed, probability, max_in_a_row
-        self.max_faults, self.slowdown_share = max_faults, slowdown_share
+        self.max_faults, self.slowdown_share, self.methods = max_faults, slowdown_share, methods
         self.faults: Counter[str] = Counter()
         self.requests = 0
         self._seen: Counter[str] = Counter()     # attempts per request key
@@ -75,7 +76,7 @@ class FaultProxy:
             self._seen[key] += 1
             rng = random.Random(f"{self.seed}|{key}|{attempt}")
             if (self.total_faults >= self.max_faults or self._in_a_row[key] >= self.max_in_a_row
-                    or rng.random() >= self.probability):
+                    or (self.methods is not None and method not in self.methods) or rng.random() >= self.probability):
                 self._in_a_row[key] = 0
                 return None
             kind = "slowdown" if rng.random() < self.slowdown_share else "drop"

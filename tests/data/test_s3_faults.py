@@ -194,23 +194,12 @@ def test_unusable_storage_is_one_clear_error(problem, raw, tmp_path, s3_server, 
         assert time.monotonic() - start < 20  # retries are bounded: seconds, not minutes
 
 
-
-class ThrottledWrites(FaultProxy):
-    """Every PUT answered 503 SlowDown, every other request forwarded."""
-
-    def decide(self, method: str, path: str) -> str | None:
-        if method != "PUT":
-            return None
-        with self._lock:
-            self.faults["slowdown"] += 1
-        return "slowdown"
-
-
 def test_throttling_past_every_retry_names_the_url(s3_server, monkeypatch, capsys):
     """Writes that stay throttled: once botocore (one attempt here, AWS_MAX_ATTEMPTS=1, to take seconds) and s3fs
     (its own 5) stop retrying, `sstparse synth` ends with one error naming the part and the throttling."""
     root = f"s3://{s3_server.bucket}/{PREFIX}/throttled"
-    with ThrottledWrites(s3_server.url) as proxy:
+    with FaultProxy(s3_server.url, probability=1.0, max_in_a_row=10**6, max_faults=10**6, slowdown_share=1.0,
+                    methods=frozenset({"PUT"})) as proxy:  # every write throttled, every read and listing through
         _env(monkeypatch, AWS_ENDPOINT_URL=proxy.url, AWS_MAX_ATTEMPTS="1")
         code, out = _cli(monkeypatch, capsys, "synth", "--out", root, "--domain", "syn_ppp", "--scale", "0.01")
     assert code != 0 and "Traceback" not in out, out

@@ -59,8 +59,9 @@ class BadRecord(ValueError):
 
 
 class StorageError(OSError):
-    """Remote storage cannot be used at all: its endpoint does not answer, it refuses the credentials, or the
-    bucket does not exist. The message names the URL (and the endpoint); a subclass of the matching built-in."""
+    """Remote storage cannot be used: its endpoint does not answer, it refuses the credentials, the bucket does not
+    exist, or it still throttles after every retry. The message names the URL (and the endpoint); a subclass of the
+    matching built-in where there is one."""
 
 
 class StorageNotFound(StorageError, FileNotFoundError):
