@@ -11,6 +11,9 @@
 #                                 MLFLOW_S3_ENDPOINT_URL         ($SSTPARSE_CLUSTER_DIR/mlartifacts)
 #   MLFLOW_WORKERS                server processes: sqlite takes one writer at a time, so more processes only
 #                                 contend for its lock; raise it with PostgreSQL      (1)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  MLflow's server-side jobs (GenAI scorers and judges): sstparse uses none,
+#                                 and with them on every start forks seven huey consumers (about 20 s of CPU,
+#                                 polling after)                                        (false)
 # Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT before starting the Ray head.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +23,7 @@ MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STATE_DIR/mlflow.db}"
 MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$STATE_DIR/mlartifacts}"
 MLFLOW_WORKERS="${MLFLOW_WORKERS:-1}"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 URL="http://127.0.0.1:$MLFLOW_PORT"
 
 start() {

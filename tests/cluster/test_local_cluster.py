@@ -3,7 +3,8 @@ about half a minute on a 2-core machine): ray-head.sh starts a head with token a
 first start, mode 600) and no CPU, ray-worker.sh joins a second node with the token and 2 CPUs, so every job's Ray
 workers run on the second node. The job API refuses a submission without the token or with a wrong one and accepts it
 with the token; the README's training submit (`--working-dir .`) survives losing the second node mid-run and
-registers its model, which a `ray job submit` of jobs/predict.py then parses with; both scripts stop by their pids."""
+registers its model, which a `ray job submit` of jobs/predict.py then parses with; the README's sweep submit loses
+its node too and keeps its finished trial; both scripts stop by their pids."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def stop_all(env: dict, temp_dir: str) -> None:
     for name in ("ray-worker.sh", "ray-head.sh"):
         script(name, "stop", env, timeout=120)
     # the second node's own (RAY_WORKER_TEMP_DIR's default) and its replacement's
-    for folder in (temp_dir, f"{temp_dir}-node2", f"{temp_dir}-node3"):
+    for folder in (temp_dir, *(f"{temp_dir}-node{i}" for i in (2, 3, 4))):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -204,17 +205,24 @@ def preempted(cluster, tiny_shards):
     # node lost in between costs that epoch again): kill once the second is there, so the first surely counts.
     folder = results / "preempted"
     wait_for(lambda: len(list(folder.glob("checkpoint_*/meta.json"))) >= 2, 400, "two checkpoints")
+    status, logs = lose_the_node(cluster, "preempted", "-node3")
+    return Preempted(status, logs, results)
+
+
+def lose_the_node(cluster, submission_id: str, suffix: str) -> tuple[str, str]:
+    """Kill the worker node by pid, start a replacement 10 s later (a temp dir of its own: in the dead node's, the
+    new raylet's log monitor would forward the dead workers' output to the job's log a second time), and wait for
+    the job to end. Prints the recovery times."""
     killed = kill_node(cluster.folder / "state")
     time.sleep(10)
-    # A replacement machine has a temp dir of its own (in the dead node's, the new raylet's log monitor would
-    # forward the dead workers' output to the job's log a second time).
-    replacement = {**cluster.env, "RAY_WORKER_TEMP_DIR": cluster.env["RAY_TEMP_DIR"] + "-node3"}
+    replacement = {**cluster.env, "RAY_WORKER_TEMP_DIR": cluster.env["RAY_TEMP_DIR"] + suffix}
     back = script("ray-worker.sh", "start", replacement)
     assert back.returncode == 0, back.stdout + back.stderr
     rejoined = time.monotonic()
-    status, logs = cluster.wait("preempted", timeout=600)
-    print(f"\nnode killed -> a node rejoined {rejoined - killed:.0f} s -> job done {time.monotonic() - rejoined:.0f} s")
-    return Preempted(status, logs, results)
+    status, logs = cluster.wait(submission_id, timeout=600)
+    print(f"\n{submission_id}: node killed -> a node rejoined {rejoined - killed:.0f} s -> job done "
+          f"{time.monotonic() - rejoined:.0f} s")
+    return status, logs
 
 
 def test_training_survives_losing_its_node(cluster, preempted):
@@ -264,6 +272,44 @@ def test_ray_job_submit_of_batch_prediction_with_the_registered_model(cluster, p
     assert status == "SUCCEEDED" and "predicted 2 image(s)" in logs, logs[-3000:]
     assert sorted(p.name for p in (tmp_path / "parsed").iterdir()) == [
         "p0.png", "p0_color.png", "p0_overlay.jpg", "p1.png", "p1_color.png", "p1_overlay.jpg", "skipped.csv"]
+
+
+def second_trial_checkpoints(trials: Path) -> int:
+    """Checkpoints of the second trial to start (trial ids are random: each trial's run marker is written as it
+    starts)."""
+    started = sorted(trials.glob("*/mlflow_run_id"), key=lambda p: p.stat().st_mtime)
+    return len(list(started[1].parent.glob("checkpoint_*/meta.json"))) if len(started) > 1 else 0
+
+
+def test_a_sweep_on_a_lost_node_keeps_its_finished_trials(cluster, preempted, tiny_shards):
+    """The README's sweep submit (--smoke-test: two trials, one at a time; here 4 epochs each, no ASHA) loses its
+    node once the second trial has two checkpoints: the trial (its actor, Train controller and worker were all on
+    that node) fails with it, Tune starts it again on the replacement node (trial_max_failures) and its training
+    resumes from its checkpoint in the same MLflow run; the finished first trial is not run again."""
+    assert preempted.status == "SUCCEEDED", preempted.logs[-3000:]
+    storage = cluster.folder / "sweeps"
+    entry = ["python", "jobs/tune.py", "--config", "jobs/configs/sweep.yaml", "--smoke-test", "name=lost",
+             f"storage_path={storage}", "scheduler.kind=none", f"job.data.root={tiny_shards}", "job.train.epochs=4"]
+    submitted = cluster.submit("sweep", entry, working_dir=str(REPO))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    wait_for(lambda: second_trial_checkpoints(storage / "lost" / "train") >= 2, 400,
+             "the second trial's two checkpoints")
+    status, logs = lose_the_node(cluster, "sweep", "-node4")
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert logs.count("[restore] resuming after epoch") == 1, logs[-5000:]
+    assert "registered version 2 (alias challenger)" in logs, logs[-3000:]  # version 1 is the training job's
+
+    from sstparse.config import TrackingConfig
+    from sstparse.tracking import client, find_runs
+
+    cfg = TrackingConfig(tracking_uri=cluster.env["MLFLOW_TRACKING_URI"])
+    (parent,) = find_runs(cfg, "attributes.run_name = 'lost'")
+    trials = sorted(find_runs(cfg, f"tags.mlflow.parentRunId = '{parent.info.run_id}'"),
+                    key=lambda r: r.info.start_time)
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED"]
+    first, second = ([m.step for m in client(cfg).get_metric_history(r.info.run_id, "train/loss")] for r in trials)
+    assert first == [1, 2, 3, 4]  # logged once each: never run again
+    assert sorted(set(second)) == [1, 2, 3, 4]  # an epoch finished but not yet checkpointed is trained again
 
 
 def test_the_scripts_stop_the_cluster_by_pid(cluster):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from sstparse.config import ConfigError
 from sstparse.train.config import JobConfig
@@ -115,3 +116,17 @@ def test_tuner_wiring_ranks_by_the_jobs_objective(tmp_path, mode, objective):
     assert isinstance(asha, ASHAScheduler) and (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 5, 3)
     none = sweep.model_copy(update={"scheduler": sweep.scheduler.model_copy(update={"kind": "none"})})
     assert type(tune_config(none, job).scheduler) is FIFOScheduler
+
+
+def test_a_failed_trial_is_started_again_as_configured(tmp_path):
+    """A lost node fails the trials on it: Tune starts each again (up to trial_max_failures times) in the sweep's
+    folder, where its training finds its checkpoints (tests/cluster/test_local_cluster.py kills the node)."""
+    from sstparse.tune.sweep import run_config
+
+    sweep = SweepConfig.model_validate({"job": "x.yaml", "name": "s"})
+    cfg = run_config(sweep, str(tmp_path), None, None)
+    assert (cfg.name, cfg.storage_path, cfg.failure_config.max_failures) == ("s", str(tmp_path), 1)
+    never = sweep.model_copy(update={"trial_max_failures": 0})
+    assert run_config(never, str(tmp_path), None, None).failure_config.max_failures == 0
+    with pytest.raises(ValidationError, match="trial_max_failures"):
+        SweepConfig.model_validate({"job": "x.yaml", "trial_max_failures": -1})

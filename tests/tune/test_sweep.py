@@ -56,7 +56,9 @@ def test_sweep_restores_after_interruption_and_registers_the_challenger(ray_sess
     shards = tmp_path / "shards"  # a copy: the third trial's part is damaged on purpose
     shutil.copytree(tiny_shards, shards)
     sweep, job = load_sweep(JOBS / "configs" / "sweep.yaml", SMOKE_SWEEP_OVERRIDES + [
-        "search.num_samples=3", "search.n_startup_trials=3", f"storage_path={tmp_path / 'sweeps'}",
+        # trial_max_failures=0: the failing trial's second try would meet the same damaged part
+        "search.num_samples=3", "search.n_startup_trials=3", "trial_max_failures=0",
+        f"storage_path={tmp_path / 'sweeps'}",
         f"job.data.root={shards}", "job.train.epochs=2", f"job.train.storage_path={tmp_path / 'ray_results'}",
         f"job.tracking.tracking_uri={sqlite_uri(tmp_path)}", f"job.tracking.artifact_location={tmp_path / 'art'}",
         "job.tracking.register_as=sst-test-sweep"], SMOKE_OVERRIDES)

@@ -95,6 +95,11 @@ class SweepConfig(StrictModel):
     space: SearchSpace = SearchSpace()
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    trial_max_failures: int = Field(
+        1, ge=0, description="Times Tune starts a failed trial again (0: never). A trial whose node is lost (a "
+                             "preempted machine) fails with it; started again once a node has room, its training "
+                             "resumes from its last checkpoint in the same MLflow run. A trial that raises (bad data) "
+                             "is started again too, and fails the same way.")
     register_alias: str | None = Field(
         "challenger", description="Register the best trial's model under the job's model name with this alias "
                                   "(None: do not register). With 'challenger' and no champion yet under the name, "

@@ -136,10 +136,14 @@ def build_tuner(sweep: SweepConfig, job: JobConfig, parent_run_id: str | None,
         print(f"[sweep] restoring {experiment}", flush=True)
         return ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=fs)
-    return ray.tune.Tuner(
-        trainable, param_space=param_space(sweep, job), tune_config=tune_config(sweep, job),
-        run_config=ray.tune.RunConfig(name=sweep.name, storage_path=path, storage_filesystem=fs,
-                                      callbacks=callbacks))
+    return ray.tune.Tuner(trainable, param_space=param_space(sweep, job), tune_config=tune_config(sweep, job),
+                          run_config=run_config(sweep, path, fs, callbacks))
+
+
+def run_config(sweep: SweepConfig, path: str, fs, callbacks: list | None) -> ray.tune.RunConfig:
+    """The sweep's folder, and trials started again after a failure (a lost node takes its trials with it)."""
+    return ray.tune.RunConfig(name=sweep.name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
+                              failure_config=ray.tune.FailureConfig(max_failures=sweep.trial_max_failures))
 
 
 def tune_config(sweep: SweepConfig, job: JobConfig) -> ray.tune.TuneConfig:
