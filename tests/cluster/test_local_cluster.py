@@ -25,6 +25,7 @@ from typing import NamedTuple
 import pytest
 from PIL import Image
 
+from tests.conftest import QUIET_RAY
 from tests.raycli import BIN, REPO, agent_args, free_ports, submit, wait_job
 from tests.serving import images
 from tests.stores import sqlite_uri
@@ -50,7 +51,7 @@ def scripts_env(folder: Path, temp_dir: str) -> tuple[dict, str]:
     # Ray settings of the suite's own instance (tests/conftest.py) stay out: this cluster runs with Ray's defaults.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
                                                               "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")
-           and not k.startswith("RAY_TRAIN_")}
+           and not k.startswith("RAY_TRAIN_") and k not in QUIET_RAY}
     env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "HOME": str(home),
                 "SSTPARSE_CLUSTER_DIR": str(folder / "state"), "RAY_TEMP_DIR": temp_dir,
                 "RAY_AUTH_TOKEN_PATH": str(folder / "state" / "auth_token"),

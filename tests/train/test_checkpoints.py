@@ -78,11 +78,12 @@ def test_restore_falls_back_past_an_unreadable_state(tmp_path, capsys):
 def test_resume_with_a_changed_network_is_refused_naming_the_fields(tmp_path):
     job = tiny_job().model_copy(update={"train": tiny_job().train.model_copy(
         update={"storage_path": str(tmp_path), "name": "run"})})
-    check_resumable(job, "run")  # nothing to resume: nothing to check
+    assert check_resumable(job, "run") == 0  # nothing to resume: nothing to check
     _save(tmp_path / "run" / "checkpoint_2026-01-01_00-00-00.000000", job=job)
-    # What may change on resume: epochs, learning rate, loss weights.
-    check_resumable(job.model_copy(update={"train": job.train.model_copy(update={"epochs": 9}),
-                                           "sst": job.sst.model_copy(update={"lambda_mst": 0.3})}), "run")
+    # What may change on resume: epochs, learning rate, loss weights. The epochs the checkpoint holds come back
+    # (when they are all the job's, fit() reads the run's result instead of starting workers).
+    assert check_resumable(job.model_copy(update={"train": job.train.model_copy(update={"epochs": 9}),
+                                           "sst": job.sst.model_copy(update={"lambda_mst": 0.3})}), "run") == 3
     other = job.model_copy(update={"model": job.model.model_copy(update={"backbone": "resnet18"}),
                                    "sst": job.sst.model_copy(update={"embed_dim": 8})})
     with pytest.raises(checkpoints.CheckpointError) as err:

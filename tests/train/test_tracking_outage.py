@@ -72,7 +72,7 @@ def test_metrics_logged_while_the_server_is_down_reach_the_run(ray_session, tiny
 
 
 def test_a_server_that_never_returns_leaves_the_values_beside_the_checkpoints(ray_session, tiny_shards, tmp_path,
-                                                                                server):
+                                                                                server, capsys):
     job = outage_job(tiny_shards, tmp_path, server, "gone", epochs=3, wait_s=2)
     folder = tmp_path / "ray_results" / "gone"
     down = when_checkpoints(folder, 1, server.stop)
@@ -89,8 +89,11 @@ def test_a_server_that_never_returns_leaves_the_values_beside_the_checkpoints(ra
     assert meta["epoch"] == 3 and meta["mlflow_run_id"] == result.run_id
     assert steps(job, result.run_id, "train/loss") == [1]  # what reached MLflow before it went
 
-    # Once the server answers, the same job again trains no further, sends what was kept and registers the model.
+    # Once the server answers, the same job again trains no further (no workers: its result is read from storage),
+    # sends what was kept and registers the model.
+    capsys.readouterr()
     again = fit(job)
+    assert "[restore] gone: its checkpoints hold all 3 epoch(s), nothing to train" in capsys.readouterr().out
     assert again.run_id == result.run_id and again.history == []
     assert steps(job, result.run_id, "train/loss") == [1, 2, 3]
     assert again.registered_version == "1" and again.unsent_metrics is None

@@ -71,15 +71,16 @@ def read_state(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / META_FILE).read_text())
+def read_meta(path: Path | str, fs=None) -> dict[str, Any]:
+    """A checkpoint's meta.json; ``fs``: an fsspec filesystem holding ``path`` (the driver's view of a run's
+    storage, local or S3), default the local disk."""
+    with (fs or fsspec.filesystem("file")).open(posixpath.join(str(path), META_FILE), "r") as f:
+        return json.load(f)
 
 
 def read_job(path: Path | str, fs=None) -> JobConfig:
-    """The job that wrote the checkpoint (as recorded in its meta.json); ``fs``: an fsspec filesystem holding
-    ``path`` (the driver's view of a run's storage, local or S3), default the local disk."""
-    with (fs or fsspec.filesystem("file")).open(posixpath.join(str(path), META_FILE), "r") as f:
-        return JobConfig.model_validate(json.load(f)["job"])
+    """The job that wrote the checkpoint (as recorded in its meta.json)."""
+    return JobConfig.model_validate(read_meta(path, fs)["job"])
 
 
 def read_eval(path: Path):

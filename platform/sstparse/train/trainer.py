@@ -98,18 +98,29 @@ def recorded_run(cfg: TrackingConfig, storage_path: str, name: str, parent_run_i
     return run_id
 
 
-def check_resumable(job: JobConfig, name: str) -> None:
+def check_resumable(job: JobConfig, name: str) -> int:
     """Ray Train resumes a run from the latest checkpoint under ``<storage_path>/<name>``: refuse, before any worker
-    starts, when this job describes another network than the one that checkpoint holds."""
+    starts, when this job describes another network than the one that checkpoint holds. Returns the epochs that
+    checkpoint holds (0 without one)."""
     fs, base = storage_filesystem(job.train.storage_path)
     latest = checkpoints.latest(fs, posixpath.join(base, name))
     if latest is None:
-        return
-    diffs = checkpoints.job_differences(checkpoints.read_job(latest, fs), job)
+        return 0
+    meta = checkpoints.read_meta(latest, fs)
+    diffs = checkpoints.job_differences(JobConfig.model_validate(meta["job"]), job)
     if diffs:
         raise checkpoints.CheckpointError(
             f"{latest}: run {name!r} would resume from this checkpoint, trained by a different job ("
             f"{'; '.join(diffs)}); use the same settings to resume, or another train.name to start afresh")
+    return int(meta["epoch"])
+
+
+def trained_run(job: JobConfig, name: str) -> ray.train.Result:
+    """The result of a run whose checkpoints already hold every planned epoch (the same job submitted again, as
+    after an MLflow outage), read from its storage: no worker group is started only to find nothing to train."""
+    print(f"[restore] {name}: its checkpoints hold all {job.train.epochs} epoch(s), nothing to train", flush=True)
+    fs, path = storage(job)
+    return ray.train.Result.from_path(posixpath.join(path, name), storage_filesystem=fs)
 
 
 def _run_id(job: JobConfig, name: str, parent_run_id: str | None) -> str | None:
@@ -186,12 +197,13 @@ def fit(job: JobConfig, name: str | None = None, parent_run_id: str | None = Non
     name = name or run_name(job)
     if register and log_model and job.tracking.enabled:
         registry.check_job(job)  # hours of training must not end in a refused registration
-    check_resumable(job, name)
+    # Nothing left to train: no workers, unless callbacks (a sweep trial's reports to Tune) wait for a training run.
+    trained = check_resumable(job, name) >= job.train.epochs and not callbacks
     # Reads every manifest: a missing or wrong data root fails here, before an MLflow run is opened.
     stream = pipeline.DataStream(job.training_data(), [load_domains()[n] for n in job.domain_names])
     run_id = _run_id(job, name, parent_run_id)
     try:
-        result = build_trainer(job, name, run_id, callbacks, stream).fit()
+        result = trained_run(job, name) if trained else build_trainer(job, name, run_id, callbacks, stream).fit()
         if result.error is not None:  # failures beyond max_failures: do not register a half-trained model
             raise result.error
     except Exception:
