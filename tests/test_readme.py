@@ -44,7 +44,7 @@ SKIPPED = {  # README command prefix -> why it does not run here
     "python jobs/train.py --config jobs/configs/dedicated.yaml --smoke-test": "tests/train/test_fit.py::"
     "test_dedicated_mode_exports_the_target_head_only runs it (in the suite's process, on its own store)",
     "python jobs/tune.py --config jobs/configs/sweep.yaml --smoke-test": "tests/tune/test_sweep.py::"
-    "test_sweep_restores_after_interruption_and_registers_the_challenger runs it with 3 trials of 2 epochs",
+    "test_sweep_restores_after_interruption_and_registers_the_challenger runs it with trials of 2 epochs",
     "python jobs/benchmark.py --seeds": "hours of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --protocol steps": "an hour of training; --smoke-test covers every arm",
     "python jobs/benchmark.py --size gpu": "needs a GPU",
@@ -61,6 +61,8 @@ SKIPPED = {  # README command prefix -> why it does not run here
     "ray job submit --address http://127.0.0.1:8265 -- python /app/": "needs the container image on Kubernetes",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/predict.py":
         "needs a cluster; tests/cluster/test_local_cluster.py submits jobs/predict.py to the cluster/local head",
+    "sstparse predict --ray ": "tests/test_batch_predict.py runs it (2 actors; local and S3 folders, bad images, "
+    "resume) and tests/cluster/test_local_cluster.py submits it with a models:/...@champion URI",
     "docker ": "needs docker and a registry; tests/cluster/test_security.py checks the Dockerfile",
     "kubectl ": "needs Kubernetes; tests/cluster/test_manifests.py validates the manifests",
 }
@@ -81,16 +83,12 @@ LOCAL = {  # README command -> the command run here ({...}: this run's values)
         "sstparse synth --out synth_full --domain syn_ppp --scale 0.01 --preview demo_out/preview.png",
     "sstparse convert --dataset lip --src /data/LIP --out s3://bucket/shards [--on-bad-record skip]":
         "sstparse convert --dataset lip --src LIP --out s3://{bucket}/readme/lip --on-bad-record skip",
-    # half-CPU actors and replicas: the session cluster has 4 CPUs
-    "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip photos/ --out preds_ray/ "
-    "--concurrency 2 --batch-size 8": "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip "
-                                      "photos/ --out preds_ray/ --concurrency 2 --batch-size 8 --num-cpus-per-actor 0.5",
     "python jobs/benchmark_predict.py": "python jobs/benchmark_predict.py --images 4 --actors 1 --out bench_predict",
     "python jobs/benchmark_train.py --rounds 2": "python jobs/benchmark_train.py --smoke-test",
     "python jobs/benchmark_data.py --root data/synth --rounds 3 --breakdown 200":
         "python jobs/benchmark_data.py --root bench_data --smoke-test --breakdown 8",
     "make gpu-check": f"make gpu-check VENV={Path(sys.executable).parents[1]}",
-    # deployed onto the session cluster instead of blocking
+    # deployed onto the session cluster instead of blocking, a half-CPU replica (the session cluster has 4 CPUs)
     "serve run sstparse.serve:app model_uri=models:/sst-universal@champion":
         "serve run --non-blocking sstparse.serve:app model_uri=models:/sst-universal@champion num_cpus=0.5",
     "python jobs/benchmark_serve.py": "python jobs/benchmark_serve.py --clients 2 --requests 2 --images 2 "
@@ -103,8 +101,6 @@ EXPECT = {  # README command -> what must exist in the scratch folder after it
         ["exported/universal.onnx"],
     "sstparse predict --model models:/sst-universal@champion --domain syn_lip photos/ --out preds/":
         ["preds/p0.png", "preds/p1.png"],
-    "sstparse predict --ray --model models:/sst-universal@champion --domain syn_lip photos/ --out preds_ray/ "
-    "--concurrency 2 --batch-size 8": ["preds_ray/p0_overlay.jpg", "preds_ray/p1.png", "preds_ray/skipped.csv"],
     'curl -sf -X POST --data-binary @photos/p0.jpg "http://127.0.0.1:8000/?domain=syn_lip&flip_tta=true" -o '
     'p0_label.png': ["p0_label.png"],
 }

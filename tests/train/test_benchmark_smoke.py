@@ -15,7 +15,7 @@ from sstparse.train import benchmark as bench
 from tests.scripts import job_script
 from tests.stores import sqlite_uri
 
-# Four Ray Train fits (A trains one of its four models): about 3 minutes on a quiet 2-core machine.
+# Three Ray Train fits (A trains one of its four models): about 2 minutes on a quiet 2-core machine.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,10 +37,9 @@ def test_smoke_test_runs_every_arm_and_writes_the_report(ray_session, tiny_shard
         assert bool(run.assoc) == (run.arm in ("C", "CK", "D")), key
         assert all(Path(c).is_dir() and Path(c).is_relative_to(out) for c in run.checkpoints.values()), key
     assert runs["passes-A-s0"].params == sum(runs["passes-A-s0"].params_by_model.values())
-    assert runs["passes-B-s0"].params == runs["passes-C-s0"].params
     assert not math.isnan(runs["passes-C-s0"].assoc["tv"])
     report = (out / "report.md").read_text()
-    assert report == text and "## Equal passes (headline)" in report and "| C − B |" in report
+    assert report == text and "## Equal passes (headline)" in report and "| C − A |" in report
     assert (out / "association_syn_lip_to_syn_ppp.png").stat().st_size > 0
     # MLflow: one parent run with the report attached, one child run per trained model with its test scores.
     cfg = TrackingConfig(tracking_uri=uri, experiment="sst-benchmark-smoke")
