@@ -68,10 +68,13 @@ def test_first_version_is_champion_and_later_ones_challengers(tiny_shards, tmp_p
     first = _register(cfg, "sst-flow", tiny_shards, seed=0)
     decision = settle_new_version(cfg, "sst-flow", first, tiny_shards)
     assert decision.promoted and decision.rival is None and "champion -> v1" in decision.summary()
+    # nothing to compare with and no bar: not scored (test_min_score_bars_a_first_version scores one)
+    assert decision.scores == {} and "not scored: nothing to compare with" in decision.summary()
     assert str(tracking.get_alias(cfg, "sst-flow", "champion").version) == "1"
     assert tracking.get_alias(cfg, "sst-flow", "challenger") is None  # it holds champion only
     tags = tracking.client(cfg).get_model_version("sst-flow", "1").tags
     assert tags["promotion.decision"] == "promoted" and tags["promotion.compared_with"] == "none"
+    assert "promotion.mean_miou" not in tags and tags["promotion.run_id"]
 
     second = _register(cfg, "sst-flow", tiny_shards, seed=1)
     assert settle_new_version(cfg, "sst-flow", second, tiny_shards) is None  # a champion exists: no promotion
@@ -101,5 +104,5 @@ def test_min_score_bars_a_first_version(tiny_shards, tmp_path):
     _register(cfg, "sst-bar", tiny_shards)
     tracking.set_alias(cfg, "sst-bar", "challenger", "1")
     result = promote(cfg, "sst-bar", tiny_shards, min_score=1.0, limit=2)
-    assert not result.promoted and result.champion_after is None
+    assert not result.promoted and result.champion_after is None and set(result.scores) == {"1"}
     assert tracking.get_alias(cfg, "sst-bar", "champion") is None and "champion unchanged" in result.summary()

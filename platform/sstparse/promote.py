@@ -6,8 +6,9 @@ they serve: mIoU per domain from a dataset-wide confusion matrix, and the mean o
 when its mean beats the champion's by more than ``margin`` (and reaches ``min_score`` if one is given). With no
 champion yet, the challenger is compared with the best-scoring registered version of the same layout instead (by
 the validation score recorded at registration), and the better of the two becomes champion; a name's first
-version has nothing to beat. The comparison is itself an MLflow run (both versions' scores, the decision), and
-its outcome is written on the challenger's version as tags, so every alias move has a record.
+version has nothing to beat and, without ``min_score``, is not scored. The comparison is itself an MLflow run
+(both versions' scores, the decision), and its outcome is written on the challenger's version as tags, so every
+alias move has a record.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Comparison:
         for version, s in self.scores.items():
             per = "  ".join(f"{d} {100 * v:.1f}%" for d, v in s.items() if d != "mean")
             lines.append(f"  v{version}: mean mIoU {100 * s['mean']:.2f}%  ({per})")
+        if not self.scores:
+            lines.append("  not scored: nothing to compare with (its training validation score is its "
+                         f"{registry.SCORE_TAG!r} tag)")
         changed = self.champion_after and self.champion_after != self.champion
         lines.append(f"champion -> v{self.champion_after}" if changed else "champion unchanged")
         return "\n".join(lines)
@@ -95,15 +99,18 @@ def promote(cfg: TrackingConfig, name: str, data_root: str | Mapping[str, str], 
     new = str(challenger.version)
     rival = str(champion.version) if champion else best_registered(cfg, name, new)
     result = Comparison(name, new, str(champion.version) if champion else None, rival)
+    # A name's first version with no bar to reach is promoted unscored: no score could change the decision, and
+    # scoring every validation image in the driver would cost minutes to hours on a real dataset.
+    to_score = [new, rival] if rival else [new] if min_score is not None else []
     layouts = {}
-    for v in dict.fromkeys([new] + ([rival] if rival else [])):
+    for v in dict.fromkeys(to_score):
         model = tracking.load_pyfunc_model(f"models:/{name}/{v}", cfg.tracking_uri)
         layouts[v] = sorted(model.metadata.metadata["heads"])
         result.scores[v] = evaluate_version(model, data_root, storage_options, flip_tta, limit, skip_bad)
     if rival and layouts[rival] != layouts[new]:
         raise ValueError(f"{name}: challenger v{new} serves {layouts[new]} but v{rival} serves {layouts[rival]}; "
                          "they cannot be compared")
-    mean = result.scores[new]["mean"]
+    mean = result.scores[new]["mean"] if to_score else None
     beats = rival is None or (new != rival and mean > result.scores[rival]["mean"] + margin)
     result.promoted = beats and (min_score is None or mean >= min_score)
     result.champion_after = new if result.promoted else (result.champion or rival)
@@ -117,9 +124,10 @@ def promote(cfg: TrackingConfig, name: str, data_root: str | Mapping[str, str], 
 def tag_versions(cfg: TrackingConfig, c: Comparison) -> None:
     """The decision and both scores on the challenger's version (and on a rival that became champion instead)."""
     rival_mean = c.scores[c.rival]["mean"] if c.rival else None
+    own = c.scores.get(c.challenger)
     tracking.describe_version(cfg, c.model, c.challenger, tags={
         "promotion.decision": "promoted" if c.promoted else "kept", "promotion.run_id": c.run_id,
-        "promotion.mean_miou": f"{c.scores[c.challenger]['mean']:.4f}",
+        **({"promotion.mean_miou": f"{own['mean']:.4f}"} if own else {}),
         "promotion.compared_with": f"v{c.rival}" if c.rival else "none",
         **({"promotion.compared_mean_miou": f"{rival_mean:.4f}"} if rival_mean is not None else {})})
     if c.rival and c.champion_after == c.rival and c.champion is None:
@@ -152,7 +160,7 @@ def record(cfg: TrackingConfig, c: Comparison, data_root, margin: float, flip_tt
                                    "margin": margin, "min_score": min_score, "data_root": data_root,
                                    "flip_tta": flip_tta})
     for role, version in ((CHALLENGER, c.challenger), (CHAMPION if c.champion else "compared", c.rival)):
-        if version:
+        if version in c.scores:
             tracking.log_metrics(cfg, run, {f"{role}/{d}/miou" if d != "mean" else f"{role}/mean_miou": v
                                             for d, v in c.scores[version].items()}, step=0)
     tracking.end_run(cfg, run)
