@@ -101,7 +101,9 @@ def wait_job(address: str, submission_id: str, timeout: float, headers: dict | N
     client = JobSubmissionClient(address, headers=headers)
     deadline = time.time() + timeout
     while (status := str(client.get_job_status(submission_id).value)) not in TERMINAL:
-        assert time.time() < deadline, f"job {submission_id} still {status} after {timeout:.0f} s"
+        if time.time() > deadline:  # the job's own last lines (Tune's trial table, its resource use) say where
+            raise AssertionError(f"job {submission_id} still {status} after {timeout:.0f} s; its log ends:\n"
+                                 + client.get_job_logs(submission_id)[-6000:])
         time.sleep(2)
     return status, client.get_job_logs(submission_id)
 
