@@ -15,7 +15,7 @@ from sstparse.train import benchmark as bench
 from tests.scripts import job_script
 from tests.stores import sqlite_uri
 
-# Three Ray Train fits (A trains one of its four models): 67-96 s within `make test` on 2 cores (2026-12-03).
+# Three Ray Train fits (A trains one of its four models): 67-105 s within `make test` on 2 cores (2026-12-03).
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 
