@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -18,7 +19,8 @@ from sstparse.domains import load_domains
 from sstparse.train import checkpoints
 from sstparse.train.job import format_result
 from sstparse.train.loop import poly_lambda
-from sstparse.train.trainer import SKIPPED_FILE, fit, recorded_run, report_skipped
+from sstparse.train.trainer import (SKIPPED_FILE, absolute_paths, build_trainer, fit, ingest_options,
+                                    recorded_run, report_skipped)
 from tests.data.fixtures import crafted_root
 from tests.raycli import until_captured
 from tests.scripts import JOBS, job_script
@@ -66,6 +68,22 @@ def test_skipped_records_wait_beside_the_checkpoints_while_mlflow_is_away(tmp_pa
                                                       dst_path=str(tmp_path), tracking_uri=job.tracking.tracking_uri))
     assert [(r["epoch"], r["source"]) for r in csv.DictReader(listed.open())] == [
         ("1", "a.parquet#row=2"), ("2", "a.parquet#row=2"), ("3", "b.parquet#row=0")]
+
+
+def test_every_dataset_gets_its_own_ray_data_options(ray_session, tiny_shards, tmp_path):
+    """Ray Train falls back to its default ingest options for a dataset given none, and those set Ray Data's
+    deprecated exclude_resources: a RayDeprecationWarning on the job's console from the driver and again from the
+    dataset manager. The trainer names options for every dataset it passes; training's order follows the job."""
+    from ray.util.annotations import RayDeprecationWarning
+
+    job = tiny_job(tiny_shards, tmp_path, data={"preserve_order": True}, tracking={"enabled": False})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = build_trainer(absolute_paths(job), "options", None)
+        options = ingest_options(job.data.preserve_order)
+    assert [str(w.message) for w in caught if issubclass(w.category, RayDeprecationWarning)] == []
+    assert set(options) == set(trainer.datasets) == {"train", "val"}
+    assert options["train"].preserve_order and not options["val"].preserve_order
 
 
 def test_universal_fit_registers_its_best_checkpoint(ray_session, tiny_shards, tmp_path, monkeypatch):

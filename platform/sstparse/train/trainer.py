@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
+import ray.data
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
@@ -145,9 +146,6 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
     steps = max(1, stream.epoch_size // (world * data.batch_size))
     fs, path = storage(job)
     resources = {"CPU": job.train.cpus_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}
-    # Ray Train replaces each dataset's execution options with the driver's defaults unless told otherwise.
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = data.preserve_order
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "mlflow_run_id": run_id, "steps_per_epoch": steps,
@@ -162,8 +160,22 @@ def build_trainer(job: JobConfig, name: str, run_id: str | None, callbacks: list
                                                          checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if job.train.verbose else "WARNING")),
-        datasets=datasets, dataset_config=ray.train.DataConfig(execution_options={"train": ingest}),
+        datasets=datasets, dataset_config=ray.train.DataConfig(execution_options=ingest_options(data.preserve_order)),
     )
+
+
+def ingest_options(preserve_order: bool) -> dict[str, ray.data.ExecutionOptions]:
+    """Ray Data's options for the datasets Ray Train feeds its workers. Ray Train replaces a dataset's options with
+    the driver's defaults unless given its own; those defaults (DataConfig.default_ingest_options) set the
+    deprecated ``exclude_resources``, and Ray 2.60 then warns on the job's console from the driver and from the
+    dataset manager. These are the same limits without it; only training's order follows ``data.preserve_order``
+    (validation sums confusion matrices, whose order does not matter)."""
+    current = ray.data.DataContext.get_current().execution_options
+
+    def options(ordered: bool) -> ray.data.ExecutionOptions:
+        return ray.data.ExecutionOptions(resource_limits=current.resource_limits, preserve_order=ordered,
+                                         verbose_progress=current.verbose_progress)
+    return {"train": options(preserve_order), "val": options(current.preserve_order)}
 
 
 def run_name(job: JobConfig) -> str:
