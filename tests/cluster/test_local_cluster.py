@@ -8,6 +8,7 @@ its node too and keeps its finished trial; both scripts stop by their pids."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -222,11 +223,32 @@ def lose_the_node(cluster, submission_id: str, suffix: str) -> tuple[str, str]:
     rejoined = time.monotonic()
     # Done 40-75 s after the node is back in every run so far; once (2026-12-03, a fresh clone) the sweep's trial
     # started again on the new node and then made no progress for 8 minutes. A bounded wait fails with the job's log
-    # (pytest's own timeout would fail without it).
-    status, logs = cluster.wait(submission_id, timeout=300)
+    # and the Ray Train controllers' last lines (their state changes and errors, at DEBUG: a worker group that
+    # cannot start is retried every 60 s without end, which the job's log does not show); both go with the cluster.
+    try:
+        status, logs = cluster.wait(submission_id, timeout=300)
+    except AssertionError as stuck:
+        raise AssertionError(f"{stuck}\n{controller_log_tails(cluster.env['RAY_TEMP_DIR'])}") from None
     print(f"\n{submission_id}: node killed -> a node rejoined {rejoined - killed:.0f} s -> job done "
           f"{time.monotonic() - rejoined:.0f} s")
     return status, logs
+
+
+def controller_log_tails(temp_dir: str, lines: int = 25) -> str:
+    """The last lines (time, level, message) of every Ray Train controller log of the cluster's nodes: the head's
+    temp dir and the worker nodes' beside it (``<temp_dir>-nodeN``)."""
+    out = []
+    for log in sorted(Path(temp_dir).parent.glob(f"{Path(temp_dir).name}*/session_*/logs/train/"
+                                                 "ray-train-sys-controller-*.log")):
+        tail = []
+        for line in log.read_text(errors="replace").splitlines()[-lines:]:
+            try:
+                row = json.loads(line)
+                tail.append(f"{row['asctime']} {row['levelname']} {str(row['message'])[:400]}")
+            except (ValueError, KeyError, TypeError):
+                tail.append(line[:400])
+        out.append(f"--- {log}\n" + "\n".join(tail))
+    return "\n".join(out) or f"(no Ray Train controller log under {temp_dir}*)"
 
 
 def test_training_survives_losing_its_node(cluster, preempted):
