@@ -67,9 +67,14 @@ def stop_all(env: dict, temp_dir: str) -> None:
     """Stop whatever is still running, by the pid files (a no-op for what a test stopped itself)."""
     for name in ("ray-worker.sh", "ray-head.sh"):
         script(name, "stop", env, timeout=120)
-    # the second node's own (RAY_WORKER_TEMP_DIR's default) and its replacement's
-    for folder in (temp_dir, *(f"{temp_dir}-node{i}" for i in (2, 3, 4))):
+    for folder in node_temp_dirs(temp_dir):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def node_temp_dirs(temp_dir: str) -> list[str]:
+    """The Ray temp dirs of a cluster's nodes: the head's, the second node's (RAY_WORKER_TEMP_DIR's default) and its
+    replacements' (lose_the_node's suffixes)."""
+    return [temp_dir, *(f"{temp_dir}-node{i}" for i in (2, 3, 4))]
 
 
 @pytest.fixture
@@ -235,11 +240,10 @@ def lose_the_node(cluster, submission_id: str, suffix: str) -> tuple[str, str]:
 
 
 def controller_log_tails(temp_dir: str, lines: int = 25) -> str:
-    """The last lines (time, level, message) of every Ray Train controller log of the cluster's nodes: the head's
-    temp dir and the worker nodes' beside it (``<temp_dir>-nodeN``)."""
+    """The last lines (time, level, message) of every Ray Train controller log of the cluster's nodes."""
     out = []
-    for log in sorted(Path(temp_dir).parent.glob(f"{Path(temp_dir).name}*/session_*/logs/train/"
-                                                 "ray-train-sys-controller-*.log")):
+    for log in sorted(log for folder in node_temp_dirs(temp_dir)
+                      for log in Path(folder).glob("session_*/logs/train/ray-train-sys-controller-*.log")):
         tail = []
         for line in log.read_text(errors="replace").splitlines()[-lines:]:
             try:
