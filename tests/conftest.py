@@ -118,9 +118,11 @@ def pytest_collection_modifyitems(items):
 # and no worker is wanted before a task asks for one: an idle instance then uses 0.066 instead of 0.11 of a core.
 # (Not RAY_LOG_MONITOR_MANY_FILES_THRESHOLD=0, 0.006 of a core less: with it a Serve replica's access lines reached
 # the console in two of three runs, in none of the four before; a new worker's output then reaches the driver up to
-# half a second later, perhaps after the short test that caused it, outside its capture.)
+# half a second later, perhaps after the short test that caused it, outside its capture.) Serve replicas log to their
+# files only, not also to stderr: Ray forwards a replica's stderr to the pytest process whenever it arrives, and its
+# access lines landed in the middle of the progress dots (two of ten suite runs, 2026-12-03).
 QUIET_RAY = {"RAY_enable_metrics_collection": "0", "RAY_event_stats": "0", "RAY_prestart_worker_first_driver": "0",
-             "REPORTER_UPDATE_INTERVAL_MS": "60000"}
+             "REPORTER_UPDATE_INTERVAL_MS": "60000", "RAY_SERVE_LOG_TO_STDERR": "0"}
 SYNTH = ["syn_lip", "syn_cihp", "syn_atr", "syn_ppp"]
 
 
